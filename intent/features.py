@@ -192,3 +192,23 @@ def _local_hour(event: ShopperEvent) -> int:
     if zone is None:
         return int(event.timestamp // 3600 % 24)
     return datetime.fromtimestamp(event.timestamp, zone).hour
+
+
+def padded_batches(
+    sequences: Sequence[np.ndarray], batch_size: int
+) -> list[tuple[list[int], np.ndarray]]:
+    """Group encoded sequences of similar length into zero-padded (batch, time, columns) arrays.
+
+    Returns (positions of the sequences in the input, array) pairs. Padding goes at the end, so a
+    causal model's outputs for the real events are unchanged.
+    """
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        longest = max(len(sequences[i]) for i in chosen)
+        batch = np.zeros((len(chosen), longest, len(FEATURE_COLUMNS)), dtype=np.int64)
+        for row, i in enumerate(chosen):
+            batch[row, : len(sequences[i])] = sequences[i]
+        batches.append((chosen, batch))
+    return batches

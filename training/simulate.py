@@ -48,7 +48,7 @@ STORY_TRANSITIONS: dict[str, dict[str, float]] = {
     "dinner_tonight": {"party_hosting": 2.0, "budget_stockup": 1.5},
     "budget_stockup": {"home_cleaning": 2.0, "dinner_tonight": 2.0},
 }
-BROWSING_SWITCH_SHARE = 0.15  # of all switches, the share that goes to "no clear intent"
+BROWSING_SWITCH_SHARE = 0.05  # of all switches, the share that goes to "no clear intent"
 SEGMENT_PRIOR_SHARE = 0.5  # how much a segment shapes the first intent
 
 DEVICES = ("mobile", "desktop", "tablet")
@@ -62,8 +62,8 @@ TIMEZONES = ("Europe/London", "Europe/Berlin", "America/New_York", "America/Los_
 class Regime:
     """Knobs of the generative process. The defaults are the regime the shipped model targets."""
 
-    event_switch: float = 0.02  # P(intent switch) at an event inside a session
-    session_switch: float = 0.25  # P(intent switch) at the first event of a session
+    event_switch: float = 0.005  # P(intent switch) at an event inside a session
+    session_switch: float = 0.12  # P(intent switch) at the first event of a session
     noise: float = 0.1  # share of product events off the current intent
     mean_session_events: float = 8.0
     mean_sessions: float = 12.0  # per known shopper

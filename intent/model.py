@@ -1,0 +1,118 @@
+"""The shipped model at serving time: onnxruntime only, never torch.
+
+A model directory holds `model.onnx` (a whole sequence -> a distribution after every event),
+`step.onnx` (one event + the window's GRU state -> distribution + new state, what the stream
+runs) and `metadata.json`. Loading refuses a directory whose files do not match their recorded
+sha256 or whose feature spec differs from this code's, with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+
+from intent.detector import DetectorConfig
+from intent.features import (
+    FEATURE_COLUMNS,
+    FEATURE_SPEC_VERSION,
+    Featurizer,
+    Vocabulary,
+    padded_batches,
+)
+
+SEQUENCE_FILE = "model.onnx"
+STEP_FILE = "step.onnx"
+METADATA_FILE = "metadata.json"
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class IntentInfo:
+    id: str
+    label: str
+    sensitive: bool
+
+
+class IntentModel:
+    def __init__(self, directory: Path, metadata: dict[str, Any], threads: int = 1) -> None:
+        self.directory = directory
+        self.metadata = metadata
+        self.version: str = metadata["model_version"]
+        self.intents = tuple(IntentInfo(i["id"], i["label"], bool(i["sensitive"])) for i in metadata["intents"])
+        self.intent_ids = tuple(intent.id for intent in self.intents)
+        self.browsing_index = self.intent_ids.index(metadata["browsing_intent"])
+        self.featurizer = Featurizer(Vocabulary.from_json(metadata["vocabulary"]))
+        self.detector_config = DetectorConfig.from_json(metadata["detector"])
+        self.hidden_size: int = int(metadata["architecture"]["hidden_size"])
+        options = ort.SessionOptions()
+        # One intra-op thread by default: the worker's event loop needs the other core, and the
+        # micro-batches are small enough that more threads cost more in hand-offs than they save.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        self._sequence = ort.InferenceSession(str(directory / SEQUENCE_FILE), options, providers=providers)
+        self._step = ort.InferenceSession(str(directory / STEP_FILE), options, providers=providers)
+
+    @classmethod
+    def load(cls, directory: Path, threads: int = 1) -> IntentModel:
+        directory = Path(directory)
+        metadata_path = directory / METADATA_FILE
+        if not metadata_path.is_file():
+            raise ModelError(f"{directory}: no {METADATA_FILE}; is this a model directory?")
+        metadata = orjson.loads(metadata_path.read_bytes())
+        spec = metadata.get("feature_spec_version")
+        if spec != FEATURE_SPEC_VERSION or metadata.get("feature_columns") != list(FEATURE_COLUMNS):
+            raise ModelError(
+                f"{directory}: the model was trained for feature spec {spec} "
+                f"and this intent encodes spec {FEATURE_SPEC_VERSION}: retrain it with "
+                "`python -m training all` or run the intent version it was built with"
+            )
+        for name in (SEQUENCE_FILE, STEP_FILE):
+            path = directory / name
+            if not path.is_file():
+                raise ModelError(f"{directory}: {name} is missing")
+            expected = metadata["files"][name]["sha256"]
+            actual = sha256_of(path)
+            if actual != expected:
+                raise ModelError(
+                    f"{path}: sha256 {actual[:12]}… does not match metadata {expected[:12]}…; "
+                    "the file was changed after export: re-export the model"
+                )
+        return cls(directory, metadata, threads)
+
+    def sequence_probabilities(self, features: np.ndarray) -> np.ndarray:
+        """features (batch, time, columns) int64 -> probabilities (batch, time, intents)."""
+        (probabilities,) = self._sequence.run(None, {"features": features})
+        return probabilities
+
+    def step(self, features: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """features (batch, columns) int64, hidden (batch, hidden_size) float32 -> both updated."""
+        probabilities, new_hidden = self._step.run(None, {"features": features, "hidden": hidden})
+        return probabilities, new_hidden
+
+    def initial_hidden(self, batch: int = 1) -> np.ndarray:
+        return np.zeros((batch, self.hidden_size), dtype=np.float32)
+
+    def run_sequences(self, features: list[np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
+        """Probabilities for each of several sequences of different lengths."""
+        outputs: list[np.ndarray] = [np.empty(0)] * len(features)
+        for positions, batch in padded_batches(features, batch_size):
+            probabilities = self.sequence_probabilities(batch)
+            for row, i in enumerate(positions):
+                outputs[i] = probabilities[row, : len(features[i])]
+        return outputs

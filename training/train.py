@@ -1,0 +1,118 @@
+"""Fit the GRU on labelled sequences: cross-entropy on the intent after every event."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from intent.features import padded_batches
+from training.network import IntentGRU
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 14
+    batch_size: int = 32
+    hidden_size: int = 128
+    learning_rate: float = 3e-3
+    seed: int = 0
+    threads: int = 2
+
+
+@dataclass
+class TrainResult:
+    model: IntentGRU
+    seconds: float
+    validation_accuracy: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+
+
+def _training_batches(
+    features: Sequence[np.ndarray], labels: Sequence[np.ndarray], batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    batches = []
+    for positions, batch in padded_batches(features, batch_size):
+        y = np.full(batch.shape[:2], IGNORE, dtype=np.int64)
+        for row, i in enumerate(positions):
+            y[row, : len(labels[i])] = labels[i]
+        batches.append((torch.from_numpy(batch), torch.from_numpy(y)))
+    return batches
+
+
+def predict(model: IntentGRU, features: Sequence[np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
+    """Torch full-sequence probabilities per sequence (what the exported model must reproduce)."""
+    model.eval()
+    outputs: list[np.ndarray] = [np.empty(0)] * len(features)
+    with torch.no_grad():
+        for positions, batch in padded_batches(features, batch_size):
+            logits, _ = model(torch.from_numpy(batch))
+            probabilities = torch.softmax(logits, dim=-1).numpy()
+            for row, i in enumerate(positions):
+                outputs[i] = probabilities[row, : len(features[i])]
+    return outputs
+
+
+def accuracy(probabilities: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> float:
+    correct = sum(int((p.argmax(axis=1) == y).sum()) for p, y in zip(probabilities, labels, strict=True))
+    return correct / max(1, sum(len(y) for y in labels))
+
+
+def train(
+    cardinalities: tuple[int, ...],
+    intents: int,
+    train_features: Sequence[np.ndarray],
+    train_labels: Sequence[np.ndarray],
+    validation_features: Sequence[np.ndarray],
+    validation_labels: Sequence[np.ndarray],
+    config: TrainConfig,
+    progress: bool = True,
+) -> TrainResult:
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    shuffle = random.Random(config.seed)
+    model = IntentGRU(cardinalities, intents, config.hidden_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    loss_function = nn.CrossEntropyLoss(ignore_index=IGNORE)
+    batches = _training_batches(train_features, train_labels, config.batch_size)
+    result = TrainResult(model, 0.0)
+    best_state = None
+    started = time.perf_counter()
+    bar = tqdm(total=config.epochs * len(batches), disable=not progress, desc="train", unit="batch")
+    for epoch in range(config.epochs):
+        model.train()
+        shuffle.shuffle(batches)
+        for x, y in batches:
+            logits, _ = model(x)
+            loss = loss_function(logits.reshape(-1, intents), y.reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        scheduler.step()
+        score = accuracy(predict(model, validation_features), validation_labels)
+        result.validation_accuracy.append(score)
+        tqdm.write(
+            f"epoch {epoch + 1}/{config.epochs}: validation accuracy {score:.4f} "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+        if score >= max(result.validation_accuracy):
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            result.best_epoch = epoch + 1
+    bar.close()
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    return result
