@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     )
     shopper_window_events: int = Field(200, description="Events kept per known shopper.")
     shopper_window_days: float = Field(7.0, description="Days of events kept per known shopper.")
+    batch_max_events: int = Field(
+        500, description="Most events the worker takes from the stream for one model call."
+    )
+    batch_max_seconds: float = Field(
+        0.005, description="Longest wait to fill a micro-batch; bounds the added latency."
+    )
+    repartition_input: bool = Field(
+        False,
+        description="Set when producers do not key events by shopper: an extra hop re-keys "
+        "them so each shopper's events stay in order.",
+    )
     expiry_check_seconds: float = Field(
         60.0, description="How often idle sessions and stale shopper events are swept."
     )
@@ -60,6 +71,23 @@ class Settings(BaseSettings):
         REPO_DIR.parent / "shared" / "data",
         description="Folder with the public shopping-log samples used by replay and benchmarks.",
     )
+
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the broker is the bundled one, started on demand."""
+        return self.broker_url.startswith(EMBEDDED_SCHEME)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """`host:port[,host:port]` for Kafka clients."""
+        hosts = self.broker_url.split("://", 1)[-1]
+        return ",".join(host.strip() for host in hosts.replace(";", ",").split(",") if host.strip())
+
+    @property
+    def kafka_url(self) -> str:
+        """The URL in Faust's form."""
+        return "kafka://" + ";".join(self.bootstrap_servers.split(","))
 
 
 @lru_cache(maxsize=1)

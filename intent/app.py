@@ -1,0 +1,222 @@
+"""The Faust app: topics, tables and the agent that wire the stages together.
+
+shopper-events --(parse, validate)--> windows --> model --> detector --> intent-changes
+                        \\--(rejected, with the reason)--> shopper-events-dlq
+
+The windows are two Faust tables (sessions, shoppers) whose changelog topics make the state
+event-sourced: a restarted or rebalanced worker rebuilds them before it consumes again.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import orjson
+from faust.types import EventT
+
+from intent.events import InvalidEvent, ShopperEvent, iso_time, parse_event
+from intent.model import IntentModel
+from intent.settings import Settings
+from intent.tracking import IntentTracker
+from intent.window import WindowPolicy
+
+log = logging.getLogger(__name__)
+
+
+class TableWindowStore:
+    """Windows in a Faust table, written with an explicit changelog partition.
+
+    Faust's own `table[key] = value` takes the partition from the event being processed; a
+    micro-batch spans partitions and the expiry sweep runs outside any event, so each window
+    records its input partition and is written to that changelog partition here.
+    """
+
+    def __init__(self, table: faust.Table, owned_partitions: Any) -> None:
+        self.table = table
+        self._owned_partitions = owned_partitions
+
+    def get(self, key: str) -> bytes | None:
+        return self.table.data.get(key)
+
+    def put(self, key: str, value: bytes, partition: int) -> None:
+        self.table.data[key] = value
+        self.table.send_changelog(partition, key, value)
+
+    def delete(self, key: str, partition: int) -> None:
+        self.table.data.pop(key, None)
+        if partition in self._owned_partitions():
+            self.table.send_changelog(partition, key, None, value_serializer="raw")
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        return iter(list(self.table.data.items()))
+
+
+@dataclass
+class IntentWorker:
+    """The Faust app with handles on what tests, benchmarks and the CLI need."""
+
+    app: faust.App
+    settings: Settings
+    tracker: IntentTracker
+    events_topic: faust.TopicT
+    changes_topic: faust.TopicT
+    dead_letter_topic: faust.TopicT
+    sessions: faust.Table
+    shoppers: faust.Table
+
+
+def faust_settings(settings: Settings) -> dict[str, Any]:
+    """Faust settings for this workload: raw bytes everywhere (we parse with orjson ourselves),
+    memory tables rebuilt from their changelogs, and consumer-group timing that lets a worker
+    join quickly."""
+    return {
+        "broker": settings.kafka_url,
+        "store": "memory://",
+        "datadir": str(settings.data_dir),
+        "web_host": settings.web_host,
+        "web_port": settings.web_port,
+        "topic_partitions": settings.topic_partitions,
+        "topic_replication_factor": 1,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "consumer_auto_offset_reset": "earliest",
+        "stream_buffer_maxsize": 16_384,
+        "broker_max_poll_records": 2_000,
+        "broker_commit_every": 10_000,
+        "broker_commit_interval": 1.0,
+        "broker_session_timeout": 30.0,
+        "broker_heartbeat_interval": 1.0,
+        "broker_rebalance_timeout": 30.0,
+        "producer_linger": 0.005,
+        "table_standby_replicas": 0,
+        "web_enabled": True,
+    }
+
+
+def create_worker(settings: Settings, model: IntentModel | None = None) -> IntentWorker:
+    model = model or IntentModel.load(settings.model_dir, settings.inference_threads)
+    app = faust.App(settings.app_id, **faust_settings(settings))
+    events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
+    changes_topic = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes)
+    dead_letter_topic = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
+    sessions = app.Table("session-windows", key_type=str, value_type=bytes)
+    shoppers = app.Table("shopper-windows", key_type=str, value_type=bytes)
+
+    def owned_partitions() -> set[int]:
+        return {
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source.get_topic_name()
+        }
+
+    policy = WindowPolicy(
+        session_events=settings.session_window_events,
+        session_idle_seconds=settings.session_idle_seconds,
+        shopper_events=settings.shopper_window_events,
+        shopper_days=settings.shopper_window_days,
+    )
+    tracker = IntentTracker(
+        model,
+        policy,
+        TableWindowStore(sessions, owned_partitions),
+        TableWindowStore(shoppers, owned_partitions),
+    )
+    worker = IntentWorker(
+        app, settings, tracker, events_topic, changes_topic, dead_letter_topic, sessions, shoppers
+    )
+
+    source = events_topic
+    if settings.repartition_input:
+        source = app.topic(f"{settings.app_id}-events-by-shopper", key_type=bytes, value_type=bytes)
+
+        @app.agent(events_topic, name="key-events-by-shopper")
+        async def key_events_by_shopper(stream: faust.StreamT) -> None:
+            async for batch in stream.take_events(settings.batch_max_events, settings.batch_max_seconds):
+                for event, parsed in _parse_batch(batch, settings):
+                    if isinstance(parsed, ShopperEvent):
+                        await source.send(key=parsed.shopper_id.encode(), value=event.value)
+                    else:
+                        await _dead_letter(dead_letter_topic, event, parsed)
+
+    @app.agent(source, name="detect-intent")
+    async def detect_intent(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(settings.batch_max_events, settings.batch_max_seconds):
+            await handle_batch(worker, batch)
+
+    @app.timer(interval=settings.expiry_check_seconds)
+    async def expire_windows() -> None:
+        sessions_removed, shoppers_removed = tracker.expire()
+        if sessions_removed or shoppers_removed:
+            log.info("expired %d idle sessions and %d shopper windows", sessions_removed, shoppers_removed)
+
+    return worker
+
+
+def _parse_batch(
+    batch: list[EventT], settings: Settings
+) -> Iterator[tuple[EventT, ShopperEvent | str]]:
+    """Each event with its parsed form, or the reason it was rejected."""
+    for event in batch:
+        raw = event.value
+        message = event.message
+        if not isinstance(raw, bytes | bytearray) or not raw:
+            yield event, "empty message"
+        elif len(raw) > settings.max_event_bytes:
+            yield event, f"event of {len(raw)} bytes is over the limit of {settings.max_event_bytes}"
+        else:
+            try:
+                yield event, parse_event(raw, f"{message.topic}/{message.partition}/{message.offset}")
+            except InvalidEvent as error:
+                yield event, error.reason
+
+
+async def handle_batch(worker: IntentWorker, batch: list[EventT]) -> None:
+    accepted: list[tuple[EventT, ShopperEvent]] = []
+    for event, parsed in _parse_batch(batch, worker.settings):
+        if isinstance(parsed, ShopperEvent):
+            accepted.append((event, parsed))
+        else:
+            await _dead_letter(worker.dead_letter_topic, event, parsed)
+    tracker = worker.tracker
+    try:
+        # The tracker writes windows back only when a whole batch succeeded, so a failure
+        # leaves the stored state as it was and the batch can be replayed event by event.
+        changes = tracker.process([p for _, p in accepted], [e.message.partition for e, _ in accepted])
+    except Exception:
+        log.exception("a micro-batch failed; processing its events one by one")
+        changes = []
+        for event, parsed in accepted:
+            try:
+                changes += tracker.process([parsed], [event.message.partition])
+            except Exception as error:  # one bad event must not stop the stream
+                await _dead_letter(worker.dead_letter_topic, event, f"processing failed: {error!r}")
+    for change in changes:
+        await worker.changes_topic.send(key=change["shopper_id"].encode(), value=orjson.dumps(change))
+        log.info(
+            "intent change %s: %s %s -> %s (%.2f)",
+            change["id"],
+            change["shopper_id"],
+            (change["from_intent"] or {}).get("id", "none"),
+            change["to_intent"]["id"],
+            change["to_intent"]["confidence"],
+        )
+
+
+async def _dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> None:
+    message = event.message
+    raw = event.value if isinstance(event.value, bytes | bytearray) else b""
+    record = {
+        "reason": reason,
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "key": message.key.decode("utf-8", "replace") if isinstance(message.key, bytes) else None,
+        "original_base64": base64.b64encode(raw).decode(),
+        "rejected_at": iso_time(time.time()),
+    }
+    await topic.send(key=message.key if isinstance(message.key, bytes) else None, value=orjson.dumps(record))
+    log.warning("dead-lettered %s/%s/%s: %s", message.topic, message.partition, message.offset, reason)

@@ -1,0 +1,128 @@
+"""The `intent` command: broker, worker, replay and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from intent.settings import Settings, get_settings
+
+
+def _listening(bootstrap_servers: str) -> bool:
+    host, _, port = bootstrap_servers.split(",")[0].rpartition(":")
+    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def broker_for(settings: Settings) -> Iterator[None]:
+    """With an `embedded://` URL, start the bundled broker unless one already listens there."""
+    if not settings.embedded or _listening(settings.bootstrap_servers):
+        yield
+        return
+    from intent.broker import EmbeddedBroker
+
+    host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
+    with EmbeddedBroker(port=int(port), host=host, binary=settings.broker_bin):
+        yield
+
+
+def command_broker(arguments: argparse.Namespace, settings: Settings) -> None:
+    from intent.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=arguments.port, host=arguments.host, binary=settings.broker_bin)
+    broker.start()
+    print(f"embedded Kafka-compatible broker (Tansu) listening on {broker.bootstrap_servers}; Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+
+
+def command_worker(arguments: argparse.Namespace, settings: Settings) -> None:
+    import faust
+
+    from intent.app import create_worker
+    from intent.kafka import ensure_topics
+
+    with broker_for(settings):
+        asyncio.run(
+            ensure_topics(
+                settings.bootstrap_servers,
+                [settings.events_topic, settings.changes_topic, settings.dead_letter_topic],
+                settings.topic_partitions,
+            )
+        )
+        worker = create_worker(settings)
+        faust.Worker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
+def command_replay(arguments: argparse.Namespace, settings: Settings) -> None:
+    from intent.kafka import ensure_topics
+    from intent.replay import read_jsonl, replay
+
+    topic = arguments.topic or settings.events_topic
+
+    async def run() -> None:
+        await ensure_topics(settings.bootstrap_servers, [topic], settings.topic_partitions)
+        report = await replay(read_jsonl(Path(arguments.file)), settings.bootstrap_servers, topic, arguments.speed)
+        print(
+            f"sent {report.sent:,} events to {topic} in {report.seconds:.1f} s"
+            + (f" ({report.invalid:,} invalid: the worker dead-letters them)" if report.invalid else "")
+        )
+
+    with broker_for(settings):
+        asyncio.run(run())
+
+
+def command_demo(arguments: argparse.Namespace, settings: Settings) -> None:
+    from intent.demo import run_demo
+
+    sys.exit(run_demo(settings, shoppers=arguments.shoppers, timeout=arguments.timeout))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="intent",
+        description="Detect shifts in shopper intent from a stream of commerce events. "
+        "Settings come from INTENT_* environment variables (see the README).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    broker = commands.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument("--host", default="127.0.0.1")
+    broker.set_defaults(handler=command_broker)
+
+    worker = commands.add_parser(
+        "worker", help="run the stream worker against INTENT_BROKER_URL (default: embedded broker)"
+    )
+    worker.set_defaults(handler=command_worker)
+
+    replay = commands.add_parser("replay", help="send JSONL events to the events topic")
+    replay.add_argument("file")
+    replay.add_argument("--speed", type=float, default=0.0,
+                        help="keep the events' timing, this many times faster (default: no waiting)")
+    replay.add_argument("--topic", help="default: INTENT_EVENTS_TOPIC")
+    replay.set_defaults(handler=command_replay)
+
+    demo = commands.add_parser("demo", help="broker + worker + simulated shoppers, with a live log")
+    demo.add_argument("--shoppers", type=int, default=60, help="simulated shoppers besides the story")
+    demo.add_argument("--timeout", type=float, default=240.0, help="give up after this many seconds")
+    demo.set_defaults(handler=command_demo)
+
+    arguments = parser.parse_args(argv)
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    arguments.handler(arguments, settings)

@@ -1,0 +1,196 @@
+"""Window -> features -> model -> detector: the stream's work for a micro-batch of events.
+
+Independent of Faust: the windows live in any mutable mapping of bytes (the app passes its
+changelog-backed tables, tests pass dicts), so the same code is unit-tested, benchmarked and served.
+A micro-batch is processed in rounds: round r holds the r-th event of every window in the batch,
+so each window still sees its events in order while the model runs once per round for all of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from intent.changes import EVIDENCE_EVENTS, build_intent_changed
+from intent.detector import DetectorState, ShiftDetector
+from intent.events import ShopperEvent
+from intent.model import IntentModel
+from intent.window import Window, WindowPolicy, WindowStore, expand, session_key
+
+
+@dataclass(slots=True)
+class _Step:
+    event: ShopperEvent
+    window: Window
+    scope: str
+    key: str
+    features: list[int]
+    evidence: list[dict[str, Any]]
+
+
+@dataclass
+class TrackerStats:
+    events: int = 0
+    intent_changes: int = 0
+    model_calls: int = 0
+    reencoded_windows: int = 0
+    expired_sessions: int = 0
+    expired_shoppers: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class IntentTracker:
+    def __init__(
+        self,
+        model: IntentModel,
+        policy: WindowPolicy,
+        sessions: WindowStore,
+        shoppers: WindowStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.model = model
+        self.policy = policy
+        self.sessions = sessions
+        self.shoppers = shoppers
+        self.clock = clock
+        self.detector = ShiftDetector(model.detector_config, model.browsing_index)
+        self.event_time = 0.0  # the latest event time seen: the stream's clock for expiry
+        self.stats = TrackerStats()
+
+    def activate(self, model: IntentModel) -> None:
+        """Serve a new model version; windows are re-encoded with it when next touched."""
+        self.model = model
+        self.detector = ShiftDetector(model.detector_config, model.browsing_index)
+
+    def process(
+        self, events: Sequence[ShopperEvent], partitions: Sequence[int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Feed events in stream order (with the input partition each came from); returns the
+        IntentChanged events they cause."""
+        now = self.clock()
+        session_windows: dict[str, Window] = {}
+        shopper_windows: dict[str, Window] = {}
+        rounds: list[list[_Step]] = []
+        steps_per_window: dict[int, int] = defaultdict(int)
+        for number, event in enumerate(events):
+            self.event_time = max(self.event_time, event.timestamp)
+            key = session_key(event)
+            session = self.policy.session_for(
+                session_windows.get(key) or _load(self.sessions, key), event
+            )
+            session_windows[key] = session
+            if event.user_id:
+                scope, state_key = "shopper", event.user_id
+                state = shopper_windows.get(state_key) or _load(self.shoppers, state_key) or Window()
+                shopper_windows[state_key] = state
+            else:
+                scope, state_key, state = "session", key, session
+            self._ensure_model_state(state)
+            session.partition = state.partition = partitions[number] if partitions else 0
+            features = self.model.featurizer.encode(event, state.previous_timestamp())
+            self.policy.add_to_session(session, event, now)
+            if state is not session:
+                self.policy.add_to_shopper(state, event, now)
+            position = steps_per_window[id(state)]
+            steps_per_window[id(state)] += 1
+            if position == len(rounds):
+                rounds.append([])
+            rounds[position].append(
+                _Step(event, state, scope, state_key, features, state.events[-EVIDENCE_EVENTS:])
+            )
+
+        changes = [change for steps in rounds for change in self._run_round(steps)]
+        for key, window in session_windows.items():
+            self.sessions.put(key, window.to_bytes(), window.partition)
+        for key, window in shopper_windows.items():
+            self.shoppers.put(key, window.to_bytes(), window.partition)
+        self.stats.events += len(events)
+        self.stats.intent_changes += len(changes)
+        self.stats.batch_sizes.append(len(events))
+        return changes
+
+    def _run_round(self, steps: list[_Step]) -> list[dict[str, Any]]:
+        features = np.array([step.features for step in steps], dtype=np.int64)
+        hidden = np.stack([_hidden_or_zeros(step.window, self.model) for step in steps])
+        probabilities, next_hidden = self.model.step(features, hidden)
+        self.stats.model_calls += 1
+        changes = []
+        for step, distribution, state in zip(steps, probabilities, next_hidden, strict=True):
+            window = step.window
+            window.set_hidden_state(state)
+            window.model_version = self.model.version
+            detector_state = DetectorState.from_list(window.detector)
+            shift = self.detector.update(detector_state, distribution)
+            window.detector = detector_state.to_list()
+            if shift is not None:
+                changes.append(
+                    build_intent_changed(
+                        model=self.model,
+                        shift=shift,
+                        probabilities=distribution,
+                        event=step.event,
+                        scope=step.scope,
+                        window_key=step.key,
+                        window_events=step.evidence,
+                        segment=step.event.segment or _last_segment(window),
+                    )
+                )
+        return changes
+
+    def _ensure_model_state(self, window: Window) -> None:
+        """A window last served by another model version is re-encoded from its raw events."""
+        if window.model_version in (None, self.model.version):
+            return
+        events = [expand(record) for record in window.events]
+        window.reset_model_state()
+        self.stats.reencoded_windows += 1
+        if not events:
+            return
+        features = self.model.featurizer.encode_sequence(events)
+        hidden = self.model.initial_hidden()
+        detector_state = DetectorState()
+        for row in features:
+            probabilities, hidden = self.model.step(row[None, :], hidden)
+            self.detector.update(detector_state, probabilities[0])  # silently: history, not news
+        window.set_hidden_state(hidden[0])
+        window.detector = detector_state.to_list()
+        window.model_version = self.model.version
+
+    def expire(self) -> tuple[int, int]:
+        """Remove idle sessions and shoppers past their span; returns how many of each."""
+        now = self.clock()
+        expired_sessions = self._expire(self.sessions, self.policy.session_expired, now)
+        expired_shoppers = self._expire(self.shoppers, self.policy.shopper_expired, now)
+        self.stats.expired_sessions += expired_sessions
+        self.stats.expired_shoppers += expired_shoppers
+        return expired_sessions, expired_shoppers
+
+    def _expire(
+        self, store: WindowStore, expired: Callable[[Window, float, float], bool], now: float
+    ) -> int:
+        count = 0
+        for key, raw in store.items():
+            window = Window.from_bytes(raw)
+            if expired(window, now, self.event_time):
+                store.delete(key, window.partition)
+                count += 1
+        return count
+
+
+def _load(table: WindowStore, key: str) -> Window | None:
+    raw = table.get(key)
+    return None if raw is None else Window.from_bytes(raw)
+
+
+def _hidden_or_zeros(window: Window, model: IntentModel) -> np.ndarray:
+    state = window.hidden_state()
+    return np.zeros(model.hidden_size, dtype=np.float32) if state is None else state
+
+
+def _last_segment(window: Window) -> str | None:
+    return next((record["sg"] for record in reversed(window.events) if "sg" in record), None)

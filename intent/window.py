@@ -1,0 +1,180 @@
+"""Per-session and per-shopper rolling windows: the event-sourced state of the stream.
+
+A window holds the recent raw events (so a new model can re-encode them), the model's recurrent
+state after the last event, and the shift detector's state. The app keeps windows in Faust tables
+whose changelogs make them survive restarts and rebalances; this module is the pure logic, so it
+works the same on a dict in a test.
+
+Two kinds of window:
+- session windows, keyed `shopper|session`, the last `session_window_events` events of a visit;
+  without a `sessionId` the session is derived: a gap over `session_idle_seconds` starts a new one;
+- shopper windows, keyed by `userId`, the known shopper's last `shopper_window_events` events
+  within `shopper_window_days`, so a drift across sessions (coffee on Monday, mint tea on
+  Wednesday) is one sequence.
+The model and detector run on the shopper window for known shoppers, on the session window for
+anonymous ones. Expiry is explicit (`expired`), by wall clock or by event time, whichever says so
+first, because a replayed stream moves event time faster than the clock.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from intent.events import ShopperEvent
+
+# Event fields kept in a window under short keys: windows are rewritten on every update, so
+# their size is changelog traffic.
+_SHORT_KEYS: dict[str, str] = {
+    "message_id": "m",
+    "event_type": "e",
+    "name": "n",
+    "timestamp": "t",
+    "anonymous_id": "a",
+    "user_id": "u",
+    "session_id": "s",
+    "product_id": "p",
+    "sku": "k",
+    "product_name": "pn",
+    "category": "c",
+    "brand": "b",
+    "price": "pr",
+    "quantity": "q",
+    "query": "qy",
+    "products": "ps",
+    "device": "d",
+    "channel": "ch",
+    "locale": "l",
+    "timezone": "tz",
+    "personalization_allowed": "pa",
+    "segment": "sg",
+}
+_LONG_KEYS = {short: long for long, short in _SHORT_KEYS.items()}
+
+
+def compact(event: ShopperEvent) -> dict[str, Any]:
+    return {_SHORT_KEYS[key]: value for key, value in event.to_record().items()}
+
+
+def expand(record: dict[str, Any]) -> ShopperEvent:
+    return ShopperEvent.from_record({_LONG_KEYS[key]: value for key, value in record.items()})
+
+
+@dataclass(slots=True)
+class Window:
+    session_id: str | None = None  # the visit this window covers; None for shopper windows
+    events: list[dict[str, Any]] = field(default_factory=list)  # compact records, oldest first
+    hidden: str | None = None  # the model's recurrent state, base64 float32
+    detector: list[Any] = field(default_factory=lambda: [None, None, 0])
+    model_version: str | None = None  # the model that produced `hidden` and `detector`
+    last_event_time: float = 0.0
+    last_seen: float = 0.0  # wall clock of the last update
+    partition: int = 0  # of the input topic: where the window's changelog entries go
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            [self.session_id, self.events, self.hidden, self.detector, self.model_version,
+             self.last_event_time, self.last_seen, self.partition]
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Window:
+        return cls(*orjson.loads(raw))
+
+    def hidden_state(self) -> np.ndarray | None:
+        if self.hidden is None:
+            return None
+        return np.frombuffer(base64.b64decode(self.hidden), dtype=np.float32)
+
+    def set_hidden_state(self, state: np.ndarray) -> None:
+        self.hidden = base64.b64encode(np.ascontiguousarray(state, dtype=np.float32).tobytes()).decode()
+
+    def previous_timestamp(self) -> float | None:
+        return self.events[-1]["t"] if self.events else None
+
+    def reset_model_state(self) -> None:
+        self.hidden, self.detector, self.model_version = None, [None, None, 0], None
+
+
+def session_key(event: ShopperEvent) -> str:
+    return f"{event.shopper_id}|{event.session_id or '-'}"
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    session_events: int = 50
+    session_idle_seconds: float = 1800.0
+    shopper_events: int = 200
+    shopper_days: float = 7.0
+
+    def session_for(self, window: Window | None, event: ShopperEvent) -> Window:
+        """The session window `event` belongs to: the current one, or a new one when the event
+        starts a new visit (a new `sessionId`, or without one, a gap longer than a visit)."""
+        derived_visit_over = (
+            window is not None
+            and event.session_id is None
+            and event.timestamp - window.last_event_time > self.session_idle_seconds
+        )
+        if window is None or derived_visit_over:
+            return Window(session_id=event.session_id or f"{event.shopper_id}/{event.message_id}")
+        return window
+
+    def add_to_session(self, window: Window, event: ShopperEvent, now: float) -> None:
+        self._append(window, event, now)
+        del window.events[: -self.session_events]
+
+    def add_to_shopper(self, window: Window, event: ShopperEvent, now: float) -> None:
+        self._append(window, event, now)
+        oldest = event.timestamp - self.shopper_days * 86400
+        keep_from = next((i for i, e in enumerate(window.events) if e["t"] >= oldest), len(window.events))
+        del window.events[: max(keep_from, len(window.events) - self.shopper_events)]
+
+    @staticmethod
+    def _append(window: Window, event: ShopperEvent, now: float) -> None:
+        window.events.append(compact(event))
+        window.last_event_time = max(window.last_event_time, event.timestamp)
+        window.last_seen = now
+
+    def session_expired(self, window: Window, now: float, event_time: float) -> bool:
+        """Idle for longer than a visit lasts, by the clock or by the stream's event time."""
+        idle = self.session_idle_seconds
+        return now - window.last_seen > idle or event_time - window.last_event_time > idle
+
+    def shopper_expired(self, window: Window, now: float, event_time: float) -> bool:
+        span = self.shopper_days * 86400
+        return now - window.last_seen > span or event_time - window.last_event_time > span
+
+
+class WindowStore(Protocol):
+    """Where windows live: a Faust table in the app (`intent.app.TableWindowStore`), a dict in
+    tests and benchmarks."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, value: bytes, partition: int) -> None: ...
+
+    def delete(self, key: str, partition: int) -> None: ...
+
+    def items(self) -> Iterator[tuple[str, bytes]]: ...
+
+
+class DictWindowStore:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes, partition: int) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str, partition: int) -> None:
+        del self.data[key]
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        return iter(list(self.data.items()))
