@@ -9,6 +9,7 @@ event-sourced: a restarted or rebalanced worker rebuilds them before it consumes
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -183,19 +184,25 @@ async def handle_batch(worker: IntentWorker, batch: list[EventT]) -> None:
             await _dead_letter(worker.dead_letter_topic, event, parsed)
     tracker = worker.tracker
     try:
-        # The tracker writes windows back only when a whole batch succeeded, so a failure
-        # leaves the stored state as it was and the batch can be replayed event by event.
-        changes = tracker.process([p for _, p in accepted], [e.message.partition for e, _ in accepted])
+        changes = tracker.process(
+            [parsed for _, parsed in accepted],
+            [(event.message.partition, event.message.offset) for event, _ in accepted],
+        )
     except Exception:
+        # The tracker stores nothing until `save`, so the batch can be redone event by event.
         log.exception("a micro-batch failed; processing its events one by one")
         changes = []
         for event, parsed in accepted:
             try:
-                changes += tracker.process([parsed], [event.message.partition])
+                changes += tracker.process([parsed], [(event.message.partition, event.message.offset)])
+                tracker.save()
             except Exception as error:  # one bad event must not stop the stream
                 await _dead_letter(worker.dead_letter_topic, event, f"processing failed: {error!r}")
+    deliveries = []
     for change in changes:
-        await worker.changes_topic.send(key=change["shopper_id"].encode(), value=orjson.dumps(change))
+        deliveries.append(
+            await worker.changes_topic.send(key=change["shopper_id"].encode(), value=orjson.dumps(change))
+        )
         log.info(
             "intent change %s: %s %s -> %s (%.2f)",
             change["id"],
@@ -204,6 +211,10 @@ async def handle_batch(worker: IntentWorker, batch: list[EventT]) -> None:
             change["to_intent"]["id"],
             change["to_intent"]["confidence"],
         )
+    # Windows are stored only once the changes they caused are on the broker: see intent.tracking.
+    if deliveries:
+        await asyncio.gather(*deliveries)
+    tracker.save()
 
 
 async def _dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> None:

@@ -4,6 +4,11 @@ Independent of Faust: the windows live in any mutable mapping of bytes (the app 
 changelog-backed tables, tests pass dicts), so the same code is unit-tested, benchmarked and served.
 A micro-batch is processed in rounds: round r holds the r-th event of every window in the batch,
 so each window still sees its events in order while the model runs once per round for all of them.
+
+Delivery is at-least-once, so a restarted worker may read events again whose effects its restored
+windows already hold: each window records the input offset of its last event and skips replays.
+`process` computes; `save` writes the windows. The app saves only after the IntentChanged events
+are acknowledged, so a crash in between repeats a change (with the same id) but never loses one.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class TrackerStats:
     intent_changes: int = 0
     model_calls: int = 0
     reencoded_windows: int = 0
+    replayed_events: int = 0
     expired_sessions: int = 0
     expired_shoppers: int = 0
     batch_sizes: list[int] = field(default_factory=list)
@@ -61,6 +67,8 @@ class IntentTracker:
         self.detector = ShiftDetector(model.detector_config, model.browsing_index)
         self.event_time = 0.0  # the latest event time seen: the stream's clock for expiry
         self.stats = TrackerStats()
+        self._dirty_sessions: dict[str, Window] = {}
+        self._dirty_shoppers: dict[str, Window] = {}
 
     def activate(self, model: IntentModel) -> None:
         """Serve a new model version; windows are re-encoded with it when next touched."""
@@ -68,13 +76,15 @@ class IntentTracker:
         self.detector = ShiftDetector(model.detector_config, model.browsing_index)
 
     def process(
-        self, events: Sequence[ShopperEvent], partitions: Sequence[int] | None = None
+        self,
+        events: Sequence[ShopperEvent],
+        positions: Sequence[tuple[int, int]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Feed events in stream order (with the input partition each came from); returns the
-        IntentChanged events they cause."""
+        """Feed events in stream order, with the (partition, offset) each came from; returns the
+        IntentChanged events they cause. Call `save` to store the windows."""
         now = self.clock()
-        session_windows: dict[str, Window] = {}
-        shopper_windows: dict[str, Window] = {}
+        session_windows = self._dirty_sessions = {}
+        shopper_windows = self._dirty_shoppers = {}
         rounds: list[list[_Step]] = []
         steps_per_window: dict[int, int] = defaultdict(int)
         for number, event in enumerate(events):
@@ -90,8 +100,13 @@ class IntentTracker:
                 shopper_windows[state_key] = state
             else:
                 scope, state_key, state = "session", key, session
+            partition, offset = positions[number] if positions else (0, -1)
+            if offset >= 0 and offset <= state.last_offset and partition == state.partition:
+                self.stats.replayed_events += 1
+                continue  # already in the restored window: applied before a restart
+            session.partition = state.partition = partition
+            session.last_offset = state.last_offset = offset
             self._ensure_model_state(state)
-            session.partition = state.partition = partitions[number] if partitions else 0
             features = self.model.featurizer.encode(event, state.previous_timestamp())
             self.policy.add_to_session(session, event, now)
             if state is not session:
@@ -105,14 +120,18 @@ class IntentTracker:
             )
 
         changes = [change for steps in rounds for change in self._run_round(steps)]
-        for key, window in session_windows.items():
-            self.sessions.put(key, window.to_bytes(), window.partition)
-        for key, window in shopper_windows.items():
-            self.shoppers.put(key, window.to_bytes(), window.partition)
         self.stats.events += len(events)
         self.stats.intent_changes += len(changes)
         self.stats.batch_sizes.append(len(events))
         return changes
+
+    def save(self) -> None:
+        """Store the windows the last `process` call changed."""
+        for key, window in self._dirty_sessions.items():
+            self.sessions.put(key, window.to_bytes(), window.partition)
+        for key, window in self._dirty_shoppers.items():
+            self.shoppers.put(key, window.to_bytes(), window.partition)
+        self._dirty_sessions, self._dirty_shoppers = {}, {}
 
     def _run_round(self, steps: list[_Step]) -> list[dict[str, Any]]:
         features = np.array([step.features for step in steps], dtype=np.int64)

@@ -75,11 +75,12 @@ class Window:
     last_event_time: float = 0.0
     last_seen: float = 0.0  # wall clock of the last update
     partition: int = 0  # of the input topic: where the window's changelog entries go
+    last_offset: int = -1  # input offset of the last event applied: replays are recognised
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
             [self.session_id, self.events, self.hidden, self.detector, self.model_version,
-             self.last_event_time, self.last_seen, self.partition]
+             self.last_event_time, self.last_seen, self.partition, self.last_offset]
         )
 
     @classmethod

@@ -1,0 +1,145 @@
+"""A real Kafka-protocol broker (the embedded Tansu) once per test session, and worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from intent.broker import BrokerError, EmbeddedBroker
+from intent.kafka import ensure_topics
+from intent.settings import REPO_DIR
+
+PARTITIONS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    embedded = EmbeddedBroker(port=free_port(), log_path=tmp_path_factory.mktemp("broker") / "broker.log")
+    try:
+        embedded.start()
+    except BrokerError as error:
+        pytest.skip(f"the embedded broker cannot start here: {error}")
+    yield embedded
+    embedded.stop()
+
+
+@dataclass
+class Deployment:
+    """One worker deployment: its app id (consumer group), topics and processes."""
+
+    broker: EmbeddedBroker
+    root: Path
+    app_id: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    log_files: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.app_id}-shopper-events"
+
+    @property
+    def changes_topic(self) -> str:
+        return f"{self.app_id}-intent-changes"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.app_id}-shopper-events-dlq"
+
+    def environment(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "INTENT_BROKER_URL": self.broker.url,
+            "INTENT_APP_ID": self.app_id,
+            "INTENT_EVENTS_TOPIC": self.events_topic,
+            "INTENT_CHANGES_TOPIC": self.changes_topic,
+            "INTENT_DEAD_LETTER_TOPIC": self.dead_letter_topic,
+            "INTENT_TOPIC_PARTITIONS": str(PARTITIONS),
+            "INTENT_WEB_PORT": str(free_port()),
+            "INTENT_DATA_DIR": str(self.root / f"worker-{len(self.processes)}"),
+            "INTENT_LOG_LEVEL": "INFO",
+            **extra,
+        }
+
+    def start_worker(self, **extra: str) -> subprocess.Popen[bytes]:
+        log = (self.root / f"worker-{len(self.processes)}.log").open("wb")
+        self.log_files.append(log)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "intent", "worker"],
+            env=self.environment(**extra), cwd=REPO_DIR, stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.processes.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.root.glob("worker-*.log")))
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in self.log_files:
+            log.close()
+
+
+@pytest.fixture
+def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
+    deployed = Deployment(broker, tmp_path)
+    asyncio.run(
+        ensure_topics(
+            broker.bootstrap_servers,
+            [deployed.events_topic, deployed.changes_topic, deployed.dead_letter_topic],
+            PARTITIONS,
+        )
+    )
+    yield deployed
+    deployed.stop_all()
+
+
+async def read_until(
+    bootstrap_servers: str,
+    topic: str,
+    done: Callable[[list[dict[str, Any]]], bool],
+    timeout: float,
+) -> list[dict[str, Any]]:
+    """Every JSON record of `topic` from the start, until `done(records)` or the timeout."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap_servers, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    records: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while not done(records):
+                batches = await consumer.getmany(timeout_ms=500)
+                for messages in batches.values():
+                    records += [orjson.loads(m.value) for m in messages]
+    except TimeoutError:
+        pass
+    finally:
+        await consumer.stop()
+    return records

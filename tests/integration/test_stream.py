@@ -1,0 +1,158 @@
+"""The streaming detector on a real broker: worker processes, real topics, kill and restart."""
+
+from __future__ import annotations
+
+import base64
+import signal
+
+import orjson
+import pytest
+
+from intent.events import event_from_dict
+from intent.kafka import wait_for_lag_zero
+from intent.model import IntentModel
+from intent.replay import replay
+from intent.settings import get_settings
+from intent.tracking import IntentTracker
+from intent.window import DictWindowStore, WindowPolicy
+from tests.integration.conftest import Deployment, read_until
+from training.simulate import Simulator, coffee_tea_cold_story
+
+pytestmark = pytest.mark.integration
+
+STORY_SHOPPER = "story-coffee-tea-cold"
+JOIN_AND_CATCH_UP_SECONDS = 150.0
+
+
+def story_lines() -> list[bytes]:
+    return [orjson.dumps(e) for e in coffee_tea_cold_story(Simulator(seed=0).world).events]
+
+
+def cold_shift_seen(records: list[dict]) -> bool:
+    return any(r["shopper_id"] == STORY_SHOPPER and r["to_intent"]["id"] == "cold_flu_care" for r in records)
+
+
+def cold_shift(records: list[dict]) -> dict:
+    return next(r for r in records if r["shopper_id"] == STORY_SHOPPER and r["to_intent"]["id"] == "cold_flu_care")
+
+
+async def test_the_story_produces_the_expected_intent_changed_on_the_topic(deployment: Deployment) -> None:
+    deployment.start_worker()
+    await replay(story_lines(), deployment.broker.bootstrap_servers, deployment.events_topic)
+    records = await read_until(
+        deployment.broker.bootstrap_servers, deployment.changes_topic, cold_shift_seen, JOIN_AND_CATCH_UP_SECONDS
+    )
+    assert cold_shift_seen(records), deployment.logs()
+    change = cold_shift(records)
+    assert change["from_intent"]["id"] == "coffee_ritual"
+    assert change["to_intent"]["sensitive"] is True
+    assert change["scope"] == "shopper" and change["user_id"] == STORY_SHOPPER
+    assert change["trigger_message_id"] == f"{STORY_SHOPPER}-s4-e1"  # the second tea event
+    assert change["evidence"][-1]["category"] == "herbal tea"
+    assert change["segment"] == "coffee lovers"
+    assert change["model_version"] == IntentModel.load(get_settings().model_dir).version
+    assert change["top_intents"][0]["id"] == "cold_flu_care"
+
+
+async def test_bad_events_go_to_the_dead_letter_topic_and_the_events_around_them_are_processed(
+    deployment: Deployment,
+) -> None:
+    lines = story_lines()
+    trigger = next(i for i, line in enumerate(lines) if b"s4-e1" in line)
+    bad = [
+        b"not json at all",
+        b'["an", "array"]',
+        orjson.dumps({**orjson.loads(lines[trigger]), "messageId": "typed", "properties": {"price": "2.30"}}),
+        orjson.dumps({"event": "Product Viewed", "timestamp": "2026-01-28T11:00:00Z"}),
+        orjson.dumps({**orjson.loads(lines[trigger]), "messageId": "big", "padding": "x" * 5000}),
+    ]
+    # Around the very event that triggers the shift: it must still be processed.
+    lines = lines[:trigger] + bad + lines[trigger:]
+    deployment.start_worker(INTENT_MAX_EVENT_BYTES="4096")
+    await replay(lines, deployment.broker.bootstrap_servers, deployment.events_topic)
+
+    bootstrap = deployment.broker.bootstrap_servers
+    dead = await read_until(bootstrap, deployment.dead_letter_topic, lambda r: len(r) >= len(bad), JOIN_AND_CATCH_UP_SECONDS)
+    changes = await read_until(bootstrap, deployment.changes_topic, cold_shift_seen, 60)
+    assert cold_shift_seen(changes), deployment.logs()
+    assert len(dead) == len(bad), deployment.logs()
+    reason_of = {base64.b64decode(r["original_base64"]): r["reason"] for r in dead}
+    assert set(reason_of) == set(bad)
+    expected = [
+        "not valid JSON",
+        "an event is a JSON object, got list",
+        "properties.price: expected a number, got str",
+        "anonymousId or userId: at least one is required",
+        f"event of {len(bad[4])} bytes is over the limit of 4096",
+    ]
+    assert [reason_of[raw] for raw in bad] == [
+        reason_of[raw] if reason_of[raw].startswith(prefix) else prefix
+        for raw, prefix in zip(bad, expected, strict=True)
+    ]
+    for record in dead:
+        assert record["topic"] == deployment.events_topic
+        assert record["partition"] >= 0 and record["offset"] >= 0 and record["rejected_at"]
+
+
+async def test_a_killed_worker_is_replaced_and_a_shift_that_needs_earlier_events_is_still_detected(
+    deployment: Deployment,
+) -> None:
+    lines = story_lines()
+    first_tea = next(i for i, line in enumerate(lines) if b'"herbal tea"' in line)
+    bootstrap = deployment.broker.bootstrap_servers
+    first = deployment.start_worker()
+    await replay(lines[: first_tea + 1], bootstrap, deployment.events_topic)
+    await wait_for_lag_zero(bootstrap, deployment.app_id, deployment.events_topic, JOIN_AND_CATCH_UP_SECONDS)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+    deployment.start_worker()
+    await replay(lines[first_tea + 1 :], bootstrap, deployment.events_topic)
+    records = await read_until(bootstrap, deployment.changes_topic, cold_shift_seen, JOIN_AND_CATCH_UP_SECONDS)
+    assert cold_shift_seen(records), deployment.logs()
+    # "from coffee" is only known to a worker that restored the shopper's window from the changelog.
+    assert cold_shift(records)["from_intent"]["id"] == "coffee_ritual"
+
+
+async def test_killing_a_worker_mid_stream_loses_no_intent_change_and_repeats_none_differently(
+    deployment: Deployment,
+) -> None:
+    simulator = Simulator(seed=31)
+    people = [coffee_tea_cold_story(simulator.world), *simulator.shoppers(40)]
+    events = sorted((e for p in people for e in p.events), key=lambda e: e["timestamp"])
+    lines = [orjson.dumps(e) for e in events]
+    bootstrap = deployment.broker.bootstrap_servers
+
+    first = deployment.start_worker()
+    await replay(lines[: len(lines) // 2], bootstrap, deployment.events_topic)
+    await read_until(bootstrap, deployment.changes_topic, lambda r: len(r) >= 5, JOIN_AND_CATCH_UP_SECONDS)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    deployment.start_worker()
+    await replay(lines[len(lines) // 2 :], bootstrap, deployment.events_topic)
+    await wait_for_lag_zero(bootstrap, deployment.app_id, deployment.events_topic, JOIN_AND_CATCH_UP_SECONDS)
+
+    model = IntentModel.load(get_settings().model_dir)
+    offline = IntentTracker(model, WindowPolicy(), DictWindowStore(), DictWindowStore())
+    expected = {change["id"] for change in offline.process([event_from_dict(e) for e in events])}
+    records = await read_until(bootstrap, deployment.changes_topic, lambda r: {c["id"] for c in r} >= expected, 30)
+    assert {c["id"] for c in records} == expected, deployment.logs()
+
+
+async def test_reprocessing_the_same_input_yields_the_same_intent_changed_ids(
+    deployment: Deployment, tmp_path
+) -> None:
+    bootstrap = deployment.broker.bootstrap_servers
+    await replay(story_lines(), bootstrap, deployment.events_topic)
+    deployment.start_worker()
+    first = await read_until(bootstrap, deployment.changes_topic, cold_shift_seen, JOIN_AND_CATCH_UP_SECONDS)
+    # A second deployment (another consumer group) re-reads the same input from the start.
+    again = Deployment(deployment.broker, tmp_path / "again")
+    again.root.mkdir()
+    again.start_worker(INTENT_EVENTS_TOPIC=deployment.events_topic)
+    try:
+        second = await read_until(bootstrap, again.changes_topic, cold_shift_seen, JOIN_AND_CATCH_UP_SECONDS)
+    finally:
+        again.stop_all()
+    assert cold_shift_seen(first) and cold_shift_seen(second)
+    assert [c["id"] for c in first] == [c["id"] for c in second]
