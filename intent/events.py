@@ -7,7 +7,7 @@ a precise reason; the app sends such input to the dead-letter topic and carries 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,7 +68,12 @@ class ShopperEvent:
 
     def to_record(self) -> dict[str, Any]:
         """A compact dict (no empty fields) that `from_record` turns back into the same event."""
-        return {key: value for key, value in asdict(self).items() if value not in (None, ())}
+        record = {}
+        for key in self.__slots__:
+            value = getattr(self, key)
+            if value is not None and value != ():
+                record[key] = value
+        return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ShopperEvent:

@@ -6,6 +6,7 @@ added here and not documented there fails the suite.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -93,3 +94,15 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated so that it cannot drift from this class."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path) and default.is_absolute():
+            default = os.path.relpath(default, REPO_DIR)  # where it is from a clone
+        shown = "(none)" if default is None else f"`{default}`"
+        rows.append(f"| `INTENT_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,8 @@ class TrackerStats:
     replayed_events: int = 0
     expired_sessions: int = 0
     expired_shoppers: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+    batches: int = 0
+    model_seconds: float = 0.0  # time inside onnxruntime
 
 
 class IntentTracker:
@@ -108,8 +109,10 @@ class IntentTracker:
             session.last_offset = state.last_offset = offset
             self._ensure_model_state(state)
             features = self.model.featurizer.encode(event, state.previous_timestamp())
-            self.policy.add_to_session(session, event, now)
-            if state is not session:
+            if state is session:
+                self.policy.add_to_session(session, event, now)
+            else:
+                self.policy.touch_session(session, event, now)
                 self.policy.add_to_shopper(state, event, now)
             position = steps_per_window[id(state)]
             steps_per_window[id(state)] += 1
@@ -122,7 +125,7 @@ class IntentTracker:
         changes = [change for steps in rounds for change in self._run_round(steps)]
         self.stats.events += len(events)
         self.stats.intent_changes += len(changes)
-        self.stats.batch_sizes.append(len(events))
+        self.stats.batches += 1
         return changes
 
     def save(self) -> None:
@@ -136,7 +139,9 @@ class IntentTracker:
     def _run_round(self, steps: list[_Step]) -> list[dict[str, Any]]:
         features = np.array([step.features for step in steps], dtype=np.int64)
         hidden = np.stack([_hidden_or_zeros(step.window, self.model) for step in steps])
+        started = time.perf_counter()
         probabilities, next_hidden = self.model.step(features, hidden)
+        self.stats.model_seconds += time.perf_counter() - started
         self.stats.model_calls += 1
         changes = []
         for step, distribution, state in zip(steps, probabilities, next_hidden, strict=True):

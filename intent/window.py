@@ -8,6 +8,7 @@ works the same on a dict in a test.
 Two kinds of window:
 - session windows, keyed `shopper|session`, the last `session_window_events` events of a visit;
   without a `sessionId` the session is derived: a gap over `session_idle_seconds` starts a new one;
+  for a known shopper it keeps only the visit's clock, as the events are in the shopper window;
 - shopper windows, keyed by `userId`, the known shopper's last `shopper_window_events` events
   within `shopper_window_days`, so a drift across sessions (coffee on Monday, mint tea on
   Wednesday) is one sequence.
@@ -28,41 +29,44 @@ import orjson
 
 from intent.events import ShopperEvent
 
-# Event fields kept in a window under short keys: windows are rewritten on every update, so
-# their size is changelog traffic.
+# The event fields a window keeps, under short keys: what the featurization reads (so a new model
+# version of the same feature spec can re-encode the window), what IntentChanged shows as
+# evidence, and what suggestions need (products bought, prices seen). Ids, locale and consent are
+# left out: the window's key names the shopper, and consent is read from the triggering event.
+# Windows are rewritten on every update, so their size is changelog traffic.
 _SHORT_KEYS: dict[str, str] = {
     "message_id": "m",
     "event_type": "e",
-    "name": "n",
     "timestamp": "t",
-    "anonymous_id": "a",
-    "user_id": "u",
-    "session_id": "s",
     "product_id": "p",
-    "sku": "k",
     "product_name": "pn",
     "category": "c",
     "brand": "b",
     "price": "pr",
-    "quantity": "q",
     "query": "qy",
     "products": "ps",
     "device": "d",
     "channel": "ch",
-    "locale": "l",
     "timezone": "tz",
-    "personalization_allowed": "pa",
     "segment": "sg",
 }
 _LONG_KEYS = {short: long for long, short in _SHORT_KEYS.items()}
 
 
 def compact(event: ShopperEvent) -> dict[str, Any]:
-    return {_SHORT_KEYS[key]: value for key, value in event.to_record().items()}
+    record = {}
+    for long, short in _SHORT_KEYS.items():
+        value = getattr(event, long)
+        if value is not None and value != ():
+            record[short] = value
+    return record
 
 
 def expand(record: dict[str, Any]) -> ShopperEvent:
-    return ShopperEvent.from_record({_LONG_KEYS[key]: value for key, value in record.items()})
+    """The event as far as the window kept it (enough to encode it again)."""
+    fields = {_LONG_KEYS[key]: value for key, value in record.items()}
+    fields.setdefault("name", fields["event_type"])
+    return ShopperEvent.from_record(fields)
 
 
 @dataclass(slots=True)
@@ -129,17 +133,23 @@ class WindowPolicy:
         self._append(window, event, now)
         del window.events[: -self.session_events]
 
+    @staticmethod
+    def touch_session(window: Window, event: ShopperEvent, now: float) -> None:
+        """A known shopper's visit keeps only its clock: the events are in the shopper window,
+        which the model reads, and storing them twice would double the changelog traffic."""
+        window.last_event_time = max(window.last_event_time, event.timestamp)
+        window.last_seen = now
+
     def add_to_shopper(self, window: Window, event: ShopperEvent, now: float) -> None:
         self._append(window, event, now)
         oldest = event.timestamp - self.shopper_days * 86400
         keep_from = next((i for i, e in enumerate(window.events) if e["t"] >= oldest), len(window.events))
         del window.events[: max(keep_from, len(window.events) - self.shopper_events)]
 
-    @staticmethod
-    def _append(window: Window, event: ShopperEvent, now: float) -> None:
+    @classmethod
+    def _append(cls, window: Window, event: ShopperEvent, now: float) -> None:
         window.events.append(compact(event))
-        window.last_event_time = max(window.last_event_time, event.timestamp)
-        window.last_seen = now
+        cls.touch_session(window, event, now)
 
     def session_expired(self, window: Window, now: float, event_time: float) -> bool:
         """Idle for longer than a visit lasts, by the clock or by the stream's event time."""

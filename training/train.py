@@ -13,7 +13,6 @@ from torch import nn
 from tqdm import tqdm
 
 from intent.features import padded_batches
-from training.evaluate import actionable_shifts
 from training.network import IntentGRU
 
 IGNORE = -100
@@ -27,10 +26,6 @@ class TrainConfig:
     learning_rate: float = 3e-3
     seed: int = 0
     threads: int = 2
-    # Loss weight of the first SWITCH_WINDOW events after a true intent switch: those events
-    # decide how fast a shift is detected, yet are a few percent of all events.
-    switch_weight: float = 1.0
-    browsing: int = 0
 
 
 @dataclass
@@ -41,27 +36,15 @@ class TrainResult:
     best_epoch: int = 0
 
 
-SWITCH_WINDOW = 4
-
-
-def _event_weights(labels: np.ndarray, config: TrainConfig) -> np.ndarray:
-    weights = np.ones(len(labels), dtype=np.float32)
-    for position, _ in actionable_shifts(labels.tolist(), config.browsing):
-        weights[position : position + SWITCH_WINDOW] = config.switch_weight
-    return weights
-
-
 def _training_batches(
     features: Sequence[np.ndarray], labels: Sequence[np.ndarray], config: TrainConfig
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     batches = []
     for positions, batch in padded_batches(features, config.batch_size):
         y = np.full(batch.shape[:2], IGNORE, dtype=np.int64)
-        weights = np.zeros(batch.shape[:2], dtype=np.float32)
         for row, i in enumerate(positions):
             y[row, : len(labels[i])] = labels[i]
-            weights[row, : len(labels[i])] = _event_weights(labels[i], config)
-        batches.append((torch.from_numpy(batch), torch.from_numpy(y), torch.from_numpy(weights)))
+        batches.append((torch.from_numpy(batch), torch.from_numpy(y)))
     return batches
 
 
@@ -99,7 +82,7 @@ def train(
     model = IntentGRU(cardinalities, intents, config.hidden_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    loss_function = nn.CrossEntropyLoss(ignore_index=IGNORE, reduction="none")
+    loss_function = nn.CrossEntropyLoss(ignore_index=IGNORE)
     batches = _training_batches(train_features, train_labels, config)
     result = TrainResult(model, 0.0)
     best_state = None
@@ -108,10 +91,9 @@ def train(
     for epoch in range(config.epochs):
         model.train()
         shuffle.shuffle(batches)
-        for x, y, weights in batches:
+        for x, y in batches:
             logits, _ = model(x)
-            losses = loss_function(logits.reshape(-1, intents), y.reshape(-1))
-            loss = (losses * weights.reshape(-1)).sum() / weights.sum()
+            loss = loss_function(logits.reshape(-1, intents), y.reshape(-1))
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
