@@ -56,6 +56,9 @@ class ShiftScore:
     detections: int = 0
     matched: int = 0
     events: int = 0
+    # unmatched detections naming the intent the shopper truly has at that event: late (past the
+    # margin) or repeated detections rather than wrong ones
+    right_but_unmatched: int = 0
     delays: list[int] = field(default_factory=list)
 
     def add(self, labels: Sequence[int], detections: Sequence[tuple[int, int]], browsing: int) -> None:
@@ -69,6 +72,11 @@ class ShiftScore:
                     used.add(number)
                     self.delays.append(detected_at - position)
                     break
+        self.right_but_unmatched += sum(
+            1
+            for number, (detected_at, detected) in enumerate(detections)
+            if number not in used and labels[detected_at] == detected
+        )
         self.true_shifts += len(truth)
         self.detections += len(detections)
         self.matched += len(used)
@@ -86,6 +94,8 @@ class ShiftScore:
             "median_delay_events": float(np.median(delays)),
             "p90_delay_events": float(np.percentile(delays, 90)),
             "false_alarms_per_1k_events": 1000 * (self.detections - self.matched) / max(1, self.events),
+            "false_alarms_right_intent_share": self.right_but_unmatched
+            / max(1, self.detections - self.matched),
         }
 
 

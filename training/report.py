@@ -189,6 +189,17 @@ def write_model_card(metadata: dict[str, Any], metrics: dict[str, Any], plots: d
         "separate intents caps every model, this one included (see the Bayes reference).",
         "- Shifts into intents that last one or two events are mostly missed: no filter can tell "
         "them from noise in time.",
+        f"- False alarms: {metrics['false_alarms_per_1k_events']:.2f} per 1,000 events, "
+        f"{metrics['false_alarms_right_intent_share']:.0%} of them naming the intent the shopper "
+        "truly has at that event (a detection later than the 3-event margin, or a repeat after a "
+        "brief detour), the rest a wrong intent."
+        + (
+            " The Bayes-optimal filter under the same detector makes "
+            f"{metrics['bayes_optimal']['false_alarms_per_1k_events']:.2f}: the data itself sets a "
+            "floor near there."
+            if "bayes_optimal" in metrics
+            else ""
+        ),
         "",
     ]
     (out_dir / "MODEL_CARD.md").write_text("\n".join(lines), encoding="utf-8")
