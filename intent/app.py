@@ -14,7 +14,7 @@ import base64
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -22,6 +22,7 @@ import orjson
 from faust.types import EventT
 
 from intent.events import InvalidEvent, ShopperEvent, iso_time, parse_event
+from intent import observability as metrics
 from intent.model import IntentModel
 from intent.settings import Settings
 from intent.tracking import IntentTracker
@@ -70,6 +71,7 @@ class IntentWorker:
     dead_letter_topic: faust.TopicT
     sessions: faust.Table
     shoppers: faust.Table
+    read_offsets: dict[int, int] = field(default_factory=dict)  # last input offset per partition
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -125,7 +127,10 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
         policy,
         TableWindowStore(sessions, owned_partitions),
         TableWindowStore(shoppers, owned_partitions),
+        observe_inference=metrics.INFERENCE_SECONDS.observe,
     )
+    metrics.ACTIVE_SESSIONS.set_function(lambda: len(sessions.data))
+    metrics.ACTIVE_SHOPPERS.set_function(lambda: len(shoppers.data))
     worker = IntentWorker(
         app, settings, tracker, events_topic, changes_topic, dead_letter_topic, sessions, shoppers
     )
@@ -147,6 +152,24 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
     async def detect_intent(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(settings.batch_max_events, settings.batch_max_seconds):
             await handle_batch(worker, batch)
+
+    @app.timer(interval=5.0)
+    async def sample_consumer_lag() -> None:
+        for tp in app.assignor.assigned_actives():
+            if tp.topic == source.get_topic_name():
+                read = worker.read_offsets.get(tp.partition, -1)
+                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, app.consumer.highwater(tp) - read - 1))
+
+    def readiness() -> dict[str, bool]:
+        return {
+            "model_loaded": tracker.model is not None,
+            "broker_connected": app.producer.started and not app.rebalancing,
+            "partitions_assigned": any(
+                tp.topic == source.get_topic_name() for tp in app.assignor.assigned_actives()
+            ),
+        }
+
+    metrics.add_health_routes(app.web.web_app, readiness)
 
     @app.timer(interval=settings.expiry_check_seconds)
     async def expire_windows() -> None:
@@ -176,11 +199,15 @@ def _parse_batch(
 
 
 async def handle_batch(worker: IntentWorker, batch: list[EventT]) -> None:
+    metrics.EVENTS_IN.inc(len(batch))
+    metrics.MICRO_BATCH_EVENTS.observe(len(batch))
     accepted: list[tuple[EventT, ShopperEvent]] = []
     for event, parsed in _parse_batch(batch, worker.settings):
+        worker.read_offsets[event.message.partition] = event.message.offset
         if isinstance(parsed, ShopperEvent):
             accepted.append((event, parsed))
         else:
+            metrics.EVENTS_REJECTED.labels(metrics.reason_kind(parsed)).inc()
             await _dead_letter(worker.dead_letter_topic, event, parsed)
     tracker = worker.tracker
     try:
@@ -203,6 +230,7 @@ async def handle_batch(worker: IntentWorker, batch: list[EventT]) -> None:
         deliveries.append(
             await worker.changes_topic.send(key=change["shopper_id"].encode(), value=orjson.dumps(change))
         )
+        metrics.INTENT_CHANGES.labels(change["to_intent"]["id"]).inc()
         log.info(
             "intent change %s: %s %s -> %s (%.2f)",
             change["id"],
@@ -210,6 +238,8 @@ async def handle_batch(worker: IntentWorker, batch: list[EventT]) -> None:
             (change["from_intent"] or {}).get("id", "none"),
             change["to_intent"]["id"],
             change["to_intent"]["confidence"],
+            extra={"ids": {"change_id": change["id"], "shopper_id": change["shopper_id"],
+                           "message_id": change["trigger_message_id"]}},
         )
     # Windows are stored only once the changes they caused are on the broker: see intent.tracking.
     if deliveries:
@@ -230,4 +260,8 @@ async def _dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> None:
         "rejected_at": iso_time(time.time()),
     }
     await topic.send(key=message.key if isinstance(message.key, bytes) else None, value=orjson.dumps(record))
-    log.warning("dead-lettered %s/%s/%s: %s", message.topic, message.partition, message.offset, reason)
+    metrics.DEAD_LETTERS.labels(topic.get_topic_name()).inc()
+    log.warning(
+        "dead-lettered %s/%s/%s: %s", message.topic, message.partition, message.offset, reason,
+        extra={"ids": {"topic": message.topic, "partition": message.partition, "offset": message.offset}},
+    )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import socket
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from intent.observability import configure_logging, logging_config
 from intent.settings import Settings, get_settings
 
 
@@ -65,7 +65,12 @@ def command_worker(arguments: argparse.Namespace, settings: Settings) -> None:
             )
         )
         worker = create_worker(settings)
-        faust.Worker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+        faust.Worker(
+            worker.app,
+            loglevel=settings.log_level,
+            quiet=True,
+            logging_config=logging_config(settings.log_level, settings.log_json),
+        ).execute_from_commandline()
 
 
 def command_replay(arguments: argparse.Namespace, settings: Settings) -> None:
@@ -124,5 +129,5 @@ def main(argv: list[str] | None = None) -> None:
 
     arguments = parser.parse_args(argv)
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_json)
     arguments.handler(arguments, settings)

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
         60.0, description="How often idle sessions and stale shopper events are swept."
     )
     log_level: str = Field("INFO", description="Logging level.")
+    log_json: bool = Field(
+        True, description="Log one JSON object per line (with ids); false for plain text lines."
+    )
     shared_data_dir: Path = Field(
         REPO_DIR.parent / "shared" / "data",
         description="Folder with the public shopping-log samples used by replay and benchmarks.",

@@ -59,12 +59,14 @@ class IntentTracker:
         sessions: WindowStore,
         shoppers: WindowStore,
         clock: Callable[[], float] = time.time,
+        observe_inference: Callable[[float], None] | None = None,
     ) -> None:
         self.model = model
         self.policy = policy
         self.sessions = sessions
         self.shoppers = shoppers
         self.clock = clock
+        self._observe_inference = observe_inference
         self.detector = ShiftDetector(model.detector_config, model.browsing_index)
         self.event_time = 0.0  # the latest event time seen: the stream's clock for expiry
         self.stats = TrackerStats()
@@ -141,7 +143,10 @@ class IntentTracker:
         hidden = np.stack([_hidden_or_zeros(step.window, self.model) for step in steps])
         started = time.perf_counter()
         probabilities, next_hidden = self.model.step(features, hidden)
-        self.stats.model_seconds += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.stats.model_seconds += seconds
+        if self._observe_inference is not None:
+            self._observe_inference(seconds)
         self.stats.model_calls += 1
         changes = []
         for step, distribution, state in zip(steps, probabilities, next_hidden, strict=True):

@@ -50,6 +50,7 @@ class Deployment:
     root: Path
     app_id: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    web_ports: list[int] = field(default_factory=list)  # of each started worker, in order
     log_files: list[IO[bytes]] = field(default_factory=list)
 
     @property
@@ -82,9 +83,11 @@ class Deployment:
     def start_worker(self, **extra: str) -> subprocess.Popen[bytes]:
         log = (self.root / f"worker-{len(self.processes)}.log").open("wb")
         self.log_files.append(log)
+        environment = self.environment(**extra)
+        self.web_ports.append(int(environment["INTENT_WEB_PORT"]))
         process = subprocess.Popen(
             [sys.executable, "-m", "intent", "worker"],
-            env=self.environment(**extra), cwd=REPO_DIR, stdout=log, stderr=subprocess.STDOUT,
+            env=environment, cwd=REPO_DIR, stdout=log, stderr=subprocess.STDOUT,
         )
         self.processes.append(process)
         return process

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import signal
 
+import aiohttp
 import orjson
 import pytest
 
@@ -92,6 +93,19 @@ async def test_bad_events_go_to_the_dead_letter_topic_and_the_events_around_them
     for record in dead:
         assert record["topic"] == deployment.events_topic
         assert record["partition"] >= 0 and record["offset"] >= 0 and record["rejected_at"]
+
+    # and the operator sees it: the worker's own metrics count what happened
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{deployment.web_ports[0]}") as http:
+        async with http.get("/metrics") as response:
+            metrics = await response.text()
+        async with http.get("/readyz") as response:
+            readiness = response.status, await response.json()
+    assert f"intent_events_in_total {float(len(lines))}" in metrics
+    assert f'intent_dead_letters_total{{topic="{deployment.dead_letter_topic}"}} 5.0' in metrics
+    assert 'intent_events_rejected_total{reason="properties.price"} 1.0' in metrics
+    assert 'intent_changes_total{intent="cold_flu_care"} 1.0' in metrics
+    assert readiness == (200, {"status": "ready", "checks": {
+        "model_loaded": True, "broker_connected": True, "partitions_assigned": True}})
 
 
 async def test_a_killed_worker_is_replaced_and_a_shift_that_needs_earlier_events_is_still_detected(
