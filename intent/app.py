@@ -93,7 +93,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "broker_max_poll_records": 2_000,
         "broker_commit_every": 10_000,
         "broker_commit_interval": 1.0,
-        "broker_session_timeout": 30.0,
+        "broker_session_timeout": settings.group_session_timeout_seconds,
         "broker_heartbeat_interval": 1.0,
         "broker_rebalance_timeout": 30.0,
         "producer_linger": 0.005,
@@ -169,7 +169,19 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
             ),
         }
 
-    metrics.add_health_routes(app.web.web_app, readiness)
+    def status() -> dict[str, Any]:
+        return {
+            "app_id": settings.app_id,
+            "model_version": tracker.model.version,
+            "partitions": sorted(
+                tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source.get_topic_name()
+            ),
+            "sessions": len(sessions.data),
+            "shoppers": len(shoppers.data),
+            "events": tracker.stats.events,
+        }
+
+    metrics.add_health_routes(app.web.web_app, readiness, status)
 
     @app.timer(interval=settings.expiry_check_seconds)
     async def expire_windows() -> None:

@@ -77,8 +77,10 @@ def reason_kind(reason: str) -> str:
 ReadinessCheck = Callable[[], dict[str, bool]]
 
 
-def add_health_routes(app: web.Application, readiness: ReadinessCheck) -> None:
-    """`/metrics`, `/healthz` and `/readyz` on an aiohttp application."""
+def add_health_routes(
+    app: web.Application, readiness: ReadinessCheck, status: Callable[[], dict[str, Any]] | None = None
+) -> None:
+    """`/metrics`, `/healthz`, `/readyz` and, given `status`, `/status` on an aiohttp application."""
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -95,6 +97,12 @@ def add_health_routes(app: web.Application, readiness: ReadinessCheck) -> None:
             dumps=_dumps,
         )
 
+    async def status_view(_: web.Request) -> web.Response:
+        assert status is not None
+        return web.json_response(status(), dumps=_dumps)
+
+    if status is not None:
+        app.router.add_get("/status", status_view)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         description="Set when producers do not key events by shopper: an extra hop re-keys "
         "them so each shopper's events stay in order.",
     )
+    group_session_timeout_seconds: float = Field(
+        30.0,
+        description="A worker silent for this long is dropped from the consumer group and its "
+        "partitions move to the others: the failover time after a crash.",
+    )
     expiry_check_seconds: float = Field(
         60.0, description="How often idle sessions and stale shopper events are swept."
     )
