@@ -14,29 +14,36 @@ import base64
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faust
+import mode
 import orjson
 from faust.types import EventT
 
 from intent.events import InvalidEvent, ShopperEvent, iso_time, parse_event
 from intent import observability as metrics
 from intent.model import IntentModel
+from intent.policy import DeliveryPolicy, webhook_payload
 from intent.settings import Settings
+from intent.suggest import CrowdCounts, MerchandisingRules, Suggester
+from intent.taxonomy import load_catalogue, load_taxonomy
 from intent.tracking import IntentTracker
+from intent.webhooks.api import SubscriptionsApi
+from intent.webhooks.delivery import Deliverer, parse_schedule
+from intent.webhooks.subscriptions import Subscription, SubscriptionLog
 from intent.window import WindowPolicy
 
 log = logging.getLogger(__name__)
 
 
-class TableWindowStore:
-    """Windows in a Faust table, written with an explicit changelog partition.
+class TableStore:
+    """Bytes in a Faust table, written with an explicit changelog partition.
 
     Faust's own `table[key] = value` takes the partition from the event being processed; a
-    micro-batch spans partitions and the expiry sweep runs outside any event, so each window
-    records its input partition and is written to that changelog partition here.
+    micro-batch spans partitions, and the expiry sweep and webhook retries run outside any event,
+    so each value records its input partition and is written to that changelog partition here.
     """
 
     def __init__(self, table: faust.Table, owned_partitions: Any) -> None:
@@ -71,6 +78,10 @@ class IntentWorker:
     dead_letter_topic: faust.TopicT
     sessions: faust.Table
     shoppers: faust.Table
+    subscriptions: SubscriptionLog
+    deliverer: Deliverer
+    policy: DeliveryPolicy
+    crowd: CrowdCounts
     read_offsets: dict[int, int] = field(default_factory=dict)  # last input offset per partition
 
 
@@ -122,18 +133,114 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
         shopper_events=settings.shopper_window_events,
         shopper_days=settings.shopper_window_days,
     )
+    taxonomy = load_taxonomy()
+    crowd = CrowdCounts(settings.crowd_half_life_hours * 3600)
+    suggester = Suggester(
+        taxonomy, load_catalogue(), MerchandisingRules.load(settings.merchandising_rules), crowd,
+        settings.suggestions_max,
+    )
+    delivery_policy = DeliveryPolicy(
+        settings.holdout_share, settings.holdout_salt, settings.frequency_cap_count,
+        settings.frequency_cap_hours * 3600,
+    )
+
+    def observe_event(event: ShopperEvent, window_events: list[dict[str, Any]]) -> None:
+        """The crowd learns which products go together within a visit."""
+        bought = event.event_type == "Order Completed"
+        products = event.products if bought and event.products else (event.product_id,)
+        seen = [record["p"] for record in window_events[-20:] if "p" in record]
+        for product in products:
+            if product and seen:
+                crowd.observe(seen, product, bought, event.timestamp)
+
+    def enrich_change(change: dict[str, Any], window_events: list[dict[str, Any]]) -> dict[str, Any]:
+        holdout = delivery_policy.in_holdout(change["shopper_id"])
+        suggestions = (
+            [] if holdout else suggester.suggest(change["to_intent"]["id"], window_events, window_events[-1]["t"])
+        )
+        return webhook_payload(change, suggestions, holdout)
+
     tracker = IntentTracker(
         model,
         policy,
-        TableWindowStore(sessions, owned_partitions),
-        TableWindowStore(shoppers, owned_partitions),
+        TableStore(sessions, owned_partitions),
+        TableStore(shoppers, owned_partitions),
         observe_inference=metrics.INFERENCE_SECONDS.observe,
+        observe_event=observe_event,
+        enrich_change=enrich_change,
     )
     metrics.ACTIVE_SESSIONS.set_function(lambda: len(sessions.data))
     metrics.ACTIVE_SHOPPERS.set_function(lambda: len(shoppers.data))
-    worker = IntentWorker(
-        app, settings, tracker, events_topic, changes_topic, dead_letter_topic, sessions, shoppers
+    subscriptions = SubscriptionLog(settings.bootstrap_servers, settings.subscriptions_topic)
+    pending = app.Table("webhook-deliveries", key_type=str, value_type=bytes)
+    caps = app.Table("delivery-caps", key_type=str, value_type=bytes)
+    webhook_dead_letters = app.topic(settings.webhook_dead_letter_topic, key_type=bytes, value_type=bytes)
+
+    def owned_change_partitions() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changes_topic.get_topic_name()}
+
+    async def dead_letter_delivery(record: dict[str, Any]) -> None:
+        await webhook_dead_letters.send(key=record["subscription_id"].encode(), value=orjson.dumps(record))
+        metrics.DEAD_LETTERS.labels(settings.webhook_dead_letter_topic).inc()
+
+    async def disable(subscription: Subscription, reason: str) -> None:
+        await subscriptions.put(replace(subscription, disabled_reason=reason))
+        log.warning("disabled subscription %s: %s", subscription.id, reason,
+                    extra={"ids": {"subscription_id": subscription.id}})
+
+    deliverer = Deliverer(
+        subscriptions.registry,
+        TableStore(pending, owned_change_partitions),
+        schedule=parse_schedule(settings.webhook_retry_schedule),
+        timeout_seconds=settings.webhook_timeout_seconds,
+        endpoint_concurrency=settings.webhook_endpoint_concurrency,
+        allow_private_urls=settings.webhook_allow_private_urls,
+        dead_letter=dead_letter_delivery,
+        disable=disable,
     )
+    worker = IntentWorker(
+        app, settings, tracker, events_topic, changes_topic, dead_letter_topic, sessions, shoppers,
+        subscriptions, deliverer, delivery_policy, crowd,
+    )
+    caps_store = TableStore(caps, owned_change_partitions)
+
+    @app.agent(changes_topic, name="deliver-intent-changes")
+    async def deliver_intent_changes(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            change = orjson.loads(event.value)
+            shopper = change["shopper_id"]
+            decision = delivery_policy.decide(change, caps_store.get(shopper), time.time())
+            if not decision.deliver:
+                log.info("intent change %s not delivered: %s", change["id"], decision.reason,
+                         extra={"ids": {"change_id": change["id"], "shopper_id": shopper}})
+                continue
+            assert decision.cap_state is not None
+            caps_store.put(shopper, decision.cap_state, event.message.partition)
+            matching = subscriptions.registry.matching(change["to_intent"]["id"])
+            if matching:
+                deliverer.enqueue(change, matching, event.message.partition)
+
+    @app.service
+    class WebhookDelivery(mode.Service):
+        """Follows the subscriptions and runs the webhook attempts, once the tables are recovered."""
+
+        async def on_start(self) -> None:
+            await subscriptions.start()
+            await deliverer.start()
+
+        async def on_stop(self) -> None:
+            await deliverer.stop()
+            await subscriptions.stop()
+
+    SubscriptionsApi(
+        subscriptions,
+        deliverer,
+        tokens=settings.api_token_list,
+        intent_ids=model.intent_ids,
+        allow_private_urls=settings.webhook_allow_private_urls,
+        secret_overlap_seconds=settings.webhook_secret_overlap_seconds,
+        clock=time.time,
+    ).add_routes(app.web.web_app)
 
     source = events_topic
     if settings.repartition_input:

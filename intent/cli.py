@@ -60,7 +60,8 @@ def command_worker(arguments: argparse.Namespace, settings: Settings) -> None:
         asyncio.run(
             ensure_topics(
                 settings.bootstrap_servers,
-                [settings.events_topic, settings.changes_topic, settings.dead_letter_topic],
+                [settings.events_topic, settings.changes_topic, settings.dead_letter_topic,
+                 settings.webhook_dead_letter_topic],
                 settings.topic_partitions,
             )
         )

@@ -10,14 +10,16 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 
-async def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: int) -> None:
+async def ensure_topics(
+    bootstrap_servers: str, topics: Iterable[str], partitions: int, config: dict[str, str] | None = None
+) -> None:
     """Create the topics that do not exist yet (existing ones are left as they are)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1)
+            NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=config or {})
             for name in topics
             if name not in existing
         ]

@@ -72,6 +72,41 @@ class Settings(BaseSettings):
     expiry_check_seconds: float = Field(
         60.0, description="How often idle sessions and stale shopper events are swept."
     )
+    api_tokens: str = Field(
+        "", description="Comma-separated bearer tokens of the subscriptions API; empty: every call is refused."
+    )
+    subscriptions_topic: str = Field(
+        "intent-subscriptions", description="Compacted topic holding every webhook subscription."
+    )
+    webhook_dead_letter_topic: str = Field(
+        "intent-webhooks-dlq", description="Deliveries that failed every attempt, with each attempt's outcome."
+    )
+    webhook_allow_private_urls: bool = Field(
+        False, description="Allow http and loopback/private webhook targets (local development, the demo)."
+    )
+    webhook_timeout_seconds: float = Field(15.0, description="Timeout of one webhook attempt.")
+    webhook_retry_schedule: str = Field(
+        "0,5,300,1800,7200,18000,36000,50400,72000,86400",
+        description="Seconds before each attempt, after the previous one (Standard Webhooks' schedule).",
+    )
+    webhook_secret_overlap_seconds: float = Field(
+        86400.0, description="How long the previous secret keeps signing after a rotation."
+    )
+    webhook_endpoint_concurrency: int = Field(4, description="Attempts in flight at once per endpoint.")
+    suggestions_max: int = Field(5, description="Products suggested per intent change.")
+    merchandising_rules: Path = Field(
+        PACKAGE_DIR / "data" / "merchandising.json",
+        description="Merchandising rules for suggestions: pinned, boosted, excluded, price ceiling.",
+    )
+    crowd_half_life_hours: float = Field(
+        72.0, description="Half-life of the co-view and co-purchase counts behind crowd suggestions."
+    )
+    frequency_cap_count: int = Field(3, description="Most intent changes delivered per shopper per cap period.")
+    frequency_cap_hours: float = Field(24.0, description="The frequency cap's period.")
+    holdout_share: float = Field(
+        0.10, description="Share of shoppers in the holdout: delivered with `holdout: true` and no suggestions."
+    )
+    holdout_salt: str = Field("intent-holdout-1", description="Change it to draw a new holdout group.")
     log_level: str = Field("INFO", description="Logging level.")
     log_json: bool = Field(
         True, description="Log one JSON object per line (with ids); false for plain text lines."
@@ -81,6 +116,10 @@ class Settings(BaseSettings):
         description="Folder with the public shopping-log samples used by replay and benchmarks.",
     )
 
+
+    @property
+    def api_token_list(self) -> tuple[str, ...]:
+        return tuple(token.strip() for token in self.api_tokens.split(",") if token.strip())
 
     @property
     def embedded(self) -> bool:

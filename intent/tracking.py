@@ -35,7 +35,7 @@ class _Step:
     scope: str
     key: str
     features: list[int]
-    evidence: list[dict[str, Any]]
+    window_events: list[dict[str, Any]]  # the window as it was after this event
 
 
 @dataclass
@@ -60,13 +60,20 @@ class IntentTracker:
         shoppers: WindowStore,
         clock: Callable[[], float] = time.time,
         observe_inference: Callable[[float], None] | None = None,
+        observe_event: Callable[[ShopperEvent, list[dict[str, Any]]], None] | None = None,
+        enrich_change: Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, Any]] | None = None,
     ) -> None:
+        """`observe_event(event, window_events)` sees every new event with its window before it
+        (the crowd counts learn from it); `enrich_change(change, window_events)` returns the change
+        to emit (suggestions and holdout are added there)."""
         self.model = model
         self.policy = policy
         self.sessions = sessions
         self.shoppers = shoppers
         self.clock = clock
         self._observe_inference = observe_inference
+        self._observe_event = observe_event
+        self._enrich_change = enrich_change
         self.detector = ShiftDetector(model.detector_config, model.browsing_index)
         self.event_time = 0.0  # the latest event time seen: the stream's clock for expiry
         self.stats = TrackerStats()
@@ -111,6 +118,8 @@ class IntentTracker:
             session.last_offset = state.last_offset = offset
             self._ensure_model_state(state)
             features = self.model.featurizer.encode(event, state.previous_timestamp())
+            if self._observe_event is not None:
+                self._observe_event(event, state.events)
             if state is session:
                 self.policy.add_to_session(session, event, now)
             else:
@@ -121,7 +130,7 @@ class IntentTracker:
             if position == len(rounds):
                 rounds.append([])
             rounds[position].append(
-                _Step(event, state, scope, state_key, features, state.events[-EVIDENCE_EVENTS:])
+                _Step(event, state, scope, state_key, features, list(state.events))
             )
 
         changes = [change for steps in rounds for change in self._run_round(steps)]
@@ -157,18 +166,19 @@ class IntentTracker:
             shift = self.detector.update(detector_state, distribution)
             window.detector = detector_state.to_list()
             if shift is not None:
-                changes.append(
-                    build_intent_changed(
-                        model=self.model,
-                        shift=shift,
-                        probabilities=distribution,
-                        event=step.event,
-                        scope=step.scope,
-                        window_key=step.key,
-                        window_events=step.evidence,
-                        segment=step.event.segment or _last_segment(window),
-                    )
+                change = build_intent_changed(
+                    model=self.model,
+                    shift=shift,
+                    probabilities=distribution,
+                    event=step.event,
+                    scope=step.scope,
+                    window_key=step.key,
+                    window_events=step.window_events[-EVIDENCE_EVENTS:],
+                    segment=step.event.segment or _last_segment(window),
                 )
+                if self._enrich_change is not None:
+                    change = self._enrich_change(change, step.window_events)
+                changes.append(change)
         return changes
 
     def _ensure_model_state(self, window: Window) -> None:

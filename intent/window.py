@@ -162,7 +162,7 @@ class WindowPolicy:
 
 
 class WindowStore(Protocol):
-    """Where windows live: a Faust table in the app (`intent.app.TableWindowStore`), a dict in
+    """Where windows live: a Faust table in the app (`intent.app.TableStore`), a dict in
     tests and benchmarks."""
 
     def get(self, key: str) -> bytes | None: ...

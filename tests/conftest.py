@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+
 import pytest
 
+from intent.broker import BrokerError, EmbeddedBroker
 from intent.features import Featurizer, build_vocabulary
 from intent.taxonomy import Product, Taxonomy, load_catalogue, load_taxonomy
 
@@ -19,3 +23,20 @@ def catalogue() -> tuple[Product, ...]:
 @pytest.fixture(scope="session")
 def featurizer(catalogue: tuple[Product, ...], taxonomy: Taxonomy) -> Featurizer:
     return Featurizer(build_vocabulary(catalogue, taxonomy.segments))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    embedded = EmbeddedBroker(port=free_port(), log_path=tmp_path_factory.mktemp("broker") / "broker.log")
+    try:
+        embedded.start()
+    except BrokerError as error:
+        pytest.skip(f"the embedded broker cannot start here: {error}")
+    yield embedded
+    embedded.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -18,28 +17,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from intent.broker import BrokerError, EmbeddedBroker
+from intent.broker import EmbeddedBroker
 from intent.kafka import ensure_topics
 from intent.settings import REPO_DIR
+from tests.conftest import free_port
 
 PARTITIONS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    embedded = EmbeddedBroker(port=free_port(), log_path=tmp_path_factory.mktemp("broker") / "broker.log")
-    try:
-        embedded.start()
-    except BrokerError as error:
-        pytest.skip(f"the embedded broker cannot start here: {error}")
-    yield embedded
-    embedded.stop()
+API_TOKEN = "test-token"
 
 
 @dataclass
@@ -65,6 +49,10 @@ class Deployment:
     def dead_letter_topic(self) -> str:
         return f"{self.app_id}-shopper-events-dlq"
 
+    @property
+    def webhook_dead_letter_topic(self) -> str:
+        return f"{self.app_id}-webhooks-dlq"
+
     def environment(self, **extra: str) -> dict[str, str]:
         return {
             **os.environ,
@@ -73,6 +61,11 @@ class Deployment:
             "INTENT_EVENTS_TOPIC": self.events_topic,
             "INTENT_CHANGES_TOPIC": self.changes_topic,
             "INTENT_DEAD_LETTER_TOPIC": self.dead_letter_topic,
+            "INTENT_SUBSCRIPTIONS_TOPIC": f"{self.app_id}-subscriptions",
+            "INTENT_WEBHOOK_DEAD_LETTER_TOPIC": self.webhook_dead_letter_topic,
+            "INTENT_API_TOKENS": API_TOKEN,
+            "INTENT_WEBHOOK_ALLOW_PRIVATE_URLS": "true",
+            "INTENT_HOLDOUT_SHARE": "0",
             "INTENT_TOPIC_PARTITIONS": str(PARTITIONS),
             "INTENT_WEB_PORT": str(free_port()),
             "INTENT_DATA_DIR": str(self.root / f"worker-{len(self.processes)}"),
@@ -115,7 +108,8 @@ def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
     asyncio.run(
         ensure_topics(
             broker.bootstrap_servers,
-            [deployed.events_topic, deployed.changes_topic, deployed.dead_letter_topic],
+            [deployed.events_topic, deployed.changes_topic, deployed.dead_letter_topic,
+             deployed.webhook_dead_letter_topic],
             PARTITIONS,
         )
     )

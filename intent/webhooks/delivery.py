@@ -1,0 +1,282 @@
+"""Webhook attempts: signed POSTs, retried on the Standard Webhooks schedule, never blocking.
+
+`enqueue` stores one pending delivery per subscription and returns at once; attempts run as tasks,
+at most `endpoint_concurrency` at a time per endpoint, so a slow or dead endpoint delays only its
+own deliveries. Pending deliveries live in a `PendingStore` (a changelogged Faust table in the
+worker), with the absolute time of their next attempt, so a restarted worker resumes their schedule.
+
+Outcomes: 2xx ends a delivery; 410 Gone disables the subscription; 429, 502 and 504 back off
+(honouring `Retry-After` when it asks for more than the schedule); anything else, a timeout or a
+connection error retries on the schedule. After the last attempt the delivery is dead-lettered
+with the payload, the endpoint and every attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from intent import observability as metrics
+from intent.events import iso_time
+from intent.webhooks.signing import webhook_headers
+from intent.webhooks.subscriptions import Subscription, SubscriptionRegistry
+from intent.webhooks.targets import TargetRejected, check_target
+
+log = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 20 * 1024
+BACK_OFF_STATUSES = frozenset({429, 502, 504})
+SCAN_INTERVAL_SECONDS = 0.5
+
+
+class PayloadTooLarge(ValueError):
+    pass
+
+
+def webhook_id(change_id: str, subscription_id: str) -> str:
+    """Stable per intent change and subscription: every retry carries it, so receivers de-duplicate."""
+    return "msg_" + hashlib.sha256(f"{change_id}|{subscription_id}".encode()).hexdigest()[:32]
+
+
+@dataclass
+class Attempt:
+    at: float
+    seconds: float
+    status: int | None = None  # the HTTP status, if the endpoint answered
+    error: str | None = None  # otherwise what went wrong
+
+    def public(self) -> dict[str, Any]:
+        return {"at": iso_time(self.at), "seconds": round(self.seconds, 4), "status": self.status, "error": self.error}
+
+
+@dataclass
+class Delivery:
+    webhook_id: str
+    subscription_id: str
+    url: str
+    payload: dict[str, Any]
+    partition: int  # of the intent-changes topic: where the pending entry's changelog goes
+    next_attempt_at: float
+    created_at: float
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Delivery:
+        data = orjson.loads(raw)
+        return cls(**{**data, "attempts": [Attempt(**a) for a in data["attempts"]]})
+
+
+class PendingStore(Protocol):
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, value: bytes, partition: int) -> None: ...
+
+    def delete(self, key: str, partition: int) -> None: ...
+
+    def items(self) -> Iterator[tuple[str, bytes]]: ...
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """'0,5,300' -> (0.0, 5.0, 300.0): seconds before each attempt, counted from the previous one."""
+    delays = tuple(float(part) for part in text.split(",") if part.strip())
+    if not delays or any(delay < 0 for delay in delays):
+        raise ValueError(f"a retry schedule is a comma-separated list of seconds >= 0, got {text!r}")
+    return delays
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare from webhook receivers; the schedule applies
+
+
+class Deliverer:
+    def __init__(
+        self,
+        registry: SubscriptionRegistry,
+        store: PendingStore,
+        *,
+        schedule: tuple[float, ...],
+        timeout_seconds: float,
+        endpoint_concurrency: int,
+        allow_private_urls: bool,
+        dead_letter: Callable[[dict[str, Any]], Awaitable[None]],
+        disable: Callable[[Subscription, str], Awaitable[None]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.schedule = schedule
+        self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self.endpoint_concurrency = endpoint_concurrency
+        self.allow_private_urls = allow_private_urls
+        self._dead_letter = dead_letter
+        self._disable = disable
+        self.clock = clock
+        self._endpoints: dict[str, asyncio.Semaphore] = {}
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._retry_after: dict[str, float] = {}  # webhook id -> seconds the endpoint asked for
+        self._session: aiohttp.ClientSession | None = None
+        self._scanner: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=self.timeout)
+        self._scanner = asyncio.create_task(self._scan_forever(), name="webhook-retries")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._scanner, *self._in_flight.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def enqueue(self, payload: dict[str, Any], subscriptions: list[Subscription], partition: int) -> list[str]:
+        """Store a pending delivery of `payload` per subscription and start the first attempts."""
+        if len(orjson.dumps(payload)) > MAX_PAYLOAD_BYTES:
+            raise PayloadTooLarge(f"a webhook payload is limited to {MAX_PAYLOAD_BYTES} bytes")
+        now = self.clock()
+        ids = []
+        for subscription in subscriptions:
+            delivery = Delivery(
+                webhook_id(payload["id"], subscription.id), subscription.id, subscription.url, payload,
+                partition, now + self.schedule[0], now,
+            )
+            if self.store.get(delivery.webhook_id) is not None:
+                continue  # a re-emitted change (same id): its delivery is already under way
+            self.store.put(delivery.webhook_id, delivery.to_bytes(), partition)
+            ids.append(delivery.webhook_id)
+            if self.schedule[0] == 0:
+                self._launch(delivery)
+        return ids
+
+    def pending(self) -> list[Delivery]:
+        return [Delivery.from_bytes(raw) for _, raw in self.store.items()]
+
+    async def ping(self, subscription: Subscription) -> Attempt:
+        """One signed `intent.ping` to the subscription, not retried: the API's test call."""
+        now = self.clock()
+        payload = {"type": "intent.ping", "id": f"ping_{int(now * 1000)}", "sent_at": iso_time(now)}
+        return await self._post(subscription, webhook_id(payload["id"], subscription.id), payload)
+
+    def _launch(self, delivery: Delivery) -> None:
+        if delivery.webhook_id not in self._in_flight:
+            task = asyncio.create_task(self._attempt(delivery.webhook_id), name=f"webhook {delivery.webhook_id}")
+            self._in_flight[delivery.webhook_id] = task
+            task.add_done_callback(lambda _: self._in_flight.pop(delivery.webhook_id, None))
+
+    async def _scan_forever(self) -> None:
+        while True:
+            now = self.clock()
+            for delivery in self.pending():
+                if delivery.next_attempt_at <= now:
+                    self._launch(delivery)
+            await asyncio.sleep(SCAN_INTERVAL_SECONDS)
+
+    async def _attempt(self, key: str) -> None:
+        raw = self.store.get(key)
+        if raw is None:
+            return
+        delivery = Delivery.from_bytes(raw)
+        subscription = self.registry.get(delivery.subscription_id)
+        if subscription is None or not subscription.enabled:
+            self.store.delete(key, delivery.partition)  # unsubscribed or disabled meanwhile
+            metrics.WEBHOOK_ATTEMPTS.labels("dropped_unsubscribed").inc()
+            return
+        semaphore = self._endpoints.setdefault(urlsplit(subscription.url).netloc, asyncio.Semaphore(self.endpoint_concurrency))
+        async with semaphore:
+            attempt = await self._post(subscription, delivery.webhook_id, delivery.payload)
+        delivery.attempts.append(attempt)
+        if attempt.status is not None and 200 <= attempt.status < 300:
+            self.store.delete(key, delivery.partition)
+        elif attempt.status == 410:
+            self.store.delete(key, delivery.partition)
+            await self._disable(subscription, "the endpoint answered 410 Gone")
+        elif len(delivery.attempts) >= len(self.schedule):
+            self.store.delete(key, delivery.partition)
+            await self._dead_letter(self._dead_letter_record(delivery))
+            metrics.WEBHOOK_ATTEMPTS.labels("dead_lettered").inc()
+        else:
+            delay = self.schedule[len(delivery.attempts)]
+            if attempt.status in BACK_OFF_STATUSES:
+                delay = max(delay, self._retry_after.pop(key, 0.0))
+            delivery.next_attempt_at = self.clock() + delay
+            self.store.put(key, delivery.to_bytes(), delivery.partition)
+
+    async def _post(self, subscription: Subscription, message_id: str, payload: dict[str, Any]) -> Attempt:
+        assert self._session is not None, "start() first"
+        started = time.perf_counter()
+        at = self.clock()
+        body = orjson.dumps(payload)
+        try:
+            await check_target(subscription.url, self.allow_private_urls)
+            headers = webhook_headers(subscription.signing_secrets(at), message_id, body, at)
+            async with self._session.post(subscription.url, data=body, headers=headers, allow_redirects=False) as response:
+                await response.read()
+                attempt = Attempt(at, time.perf_counter() - started, status=response.status)
+                if response.status in BACK_OFF_STATUSES:
+                    wait = retry_after_seconds(response.headers.get("Retry-After"))
+                    if wait is not None:
+                        self._retry_after[message_id] = wait
+        except TargetRejected as error:
+            attempt = Attempt(at, time.perf_counter() - started, error=f"target rejected: {error.reason}")
+        except TimeoutError:
+            attempt = Attempt(at, time.perf_counter() - started, error=f"timed out after {self.timeout.total} s")
+        except aiohttp.ClientError as error:
+            attempt = Attempt(at, time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
+        outcome = "success" if attempt.status is not None and 200 <= attempt.status < 300 else (
+            f"http_{attempt.status}" if attempt.status is not None else "error"
+        )
+        metrics.WEBHOOK_ATTEMPTS.labels(outcome).inc()
+        metrics.WEBHOOK_SECONDS.observe(attempt.seconds)
+        log.info(
+            "webhook %s to %s: %s", message_id, subscription.url, attempt.status or attempt.error,
+            extra={"ids": {"webhook_id": message_id, "subscription_id": subscription.id,
+                           "change_id": payload.get("id")}},
+        )
+        return attempt
+
+    def _dead_letter_record(self, delivery: Delivery) -> dict[str, Any]:
+        return {
+            "webhook_id": delivery.webhook_id,
+            "subscription_id": delivery.subscription_id,
+            "url": delivery.url,
+            "payload": delivery.payload,
+            "attempts": [attempt.public() for attempt in delivery.attempts],
+            "first_attempt_at": iso_time(delivery.created_at),
+            "dead_lettered_at": iso_time(self.clock()),
+        }
+
+
+class DictPendingStore:
+    """Pending deliveries in a dict: for tests and tools; the worker uses a Faust table."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes, partition: int) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str, partition: int) -> None:
+        self.data.pop(key, None)
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        return iter(list(self.data.items()))

@@ -1,0 +1,166 @@
+"""The subscriptions API on a real broker (subscriptions are a compacted topic) and a real server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from intent.taxonomy import load_taxonomy
+from intent.webhooks.api import SubscriptionsApi
+from intent.webhooks.delivery import Deliverer, DictPendingStore, parse_schedule
+from intent.webhooks.subscriptions import SubscriptionLog
+from intent.webhooks.targets import TargetRejected, check_target, forbidden_reason
+
+pytestmark = pytest.mark.integration
+TOKEN = "secret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def api_client(bootstrap: str, topic: str, allow_private: bool = False) -> tuple[TestClient, SubscriptionLog]:
+    log = SubscriptionLog(bootstrap, topic)
+    await log.start()
+
+    async def ignore(*_: object) -> None: ...
+
+    deliverer = Deliverer(log.registry, DictPendingStore(), schedule=parse_schedule("0"), timeout_seconds=5,
+                          endpoint_concurrency=1, allow_private_urls=allow_private, dead_letter=ignore, disable=ignore)
+    await deliverer.start()
+    app = web.Application()
+    SubscriptionsApi(log, deliverer, tokens=(TOKEN,), intent_ids=load_taxonomy().ids,
+                     allow_private_urls=allow_private, secret_overlap_seconds=3600, clock=time.time).add_routes(app)
+    app.on_cleanup.append(lambda _: deliverer.stop())
+    app.on_cleanup.append(lambda _: log.stop())
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return client, log
+
+
+@pytest.fixture
+async def client(broker) -> AsyncIterator[TestClient]:
+    http, _ = await api_client(broker.bootstrap_servers, f"subs-{uuid.uuid4().hex[:8]}")
+    yield http
+    await http.close()
+
+
+async def test_every_call_needs_a_known_bearer_token(client: TestClient) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+        response = await client.get("/v1/subscriptions", headers=headers)
+        assert response.status == 401
+        assert "Bearer" in (await response.json())["error"]
+
+
+async def test_bad_input_is_a_400_naming_the_field(client: TestClient) -> None:
+    cases = [
+        (b"not json", None),
+        (b'{"intents": []}', "url"),
+        (b'{"url": "http://example.com/hook"}', "url"),  # https only
+        (b'{"url": "https://93.184.215.14/h", "intents": ["no_such_intent"]}', "intents"),
+        (b'{"url": "https://93.184.215.14/h", "intents": "cold_flu_care"}', "intents"),
+        (b'{"url": "https://93.184.215.14/h", "colour": "red"}', "colour"),
+        (b'{"url": "https://93.184.215.14/h", "description": 7}', "description"),
+    ]
+    for body, field in cases:
+        response = await client.post("/v1/subscriptions", data=body, headers=AUTH)
+        answer = await response.json()
+        assert response.status == 400, body
+        assert answer.get("field") == field and answer["error"], (body, answer)
+
+
+async def test_a_subscription_is_created_shown_rotated_and_deleted(client: TestClient) -> None:
+    created = await client.post(
+        "/v1/subscriptions", json={"url": "https://93.184.215.14/hooks", "intents": ["cold_flu_care"]}, headers=AUTH
+    )
+    assert created.status == 201
+    subscription = await created.json()
+    assert subscription["secret"].startswith("whsec_") and subscription["intents"] == ["cold_flu_care"]
+    identifier = subscription["id"]
+
+    shown = await (await client.get(f"/v1/subscriptions/{identifier}", headers=AUTH)).json()
+    assert "secret" not in shown and shown["url"] == "https://93.184.215.14/hooks"  # the secret is shown once
+    listed = await (await client.get("/v1/subscriptions", headers=AUTH)).json()
+    assert [s["id"] for s in listed["subscriptions"]] == [identifier]
+
+    rotated = await (await client.post(f"/v1/subscriptions/{identifier}/rotate-secret", headers=AUTH)).json()
+    assert rotated["secret"] != subscription["secret"] and rotated["previous_secrets_valid_for_seconds"] == 3600
+
+    assert (await client.delete(f"/v1/subscriptions/{identifier}", headers=AUTH)).status == 204
+    assert (await client.get(f"/v1/subscriptions/{identifier}", headers=AUTH)).status == 404
+
+
+async def test_subscriptions_are_rebuilt_from_the_topic_by_a_new_process(broker) -> None:
+    topic = f"subs-{uuid.uuid4().hex[:8]}"
+    first, _ = await api_client(broker.bootstrap_servers, topic)
+    try:
+        created = await (await first.post("/v1/subscriptions", json={"url": "https://93.184.215.14/a"},
+                                          headers=AUTH)).json()
+        gone = await (await first.post("/v1/subscriptions", json={"url": "https://93.184.215.14/b"},
+                                       headers=AUTH)).json()
+        await first.delete(f"/v1/subscriptions/{gone['id']}", headers=AUTH)
+    finally:
+        await first.close()
+    second, log = await api_client(broker.bootstrap_servers, topic)  # a restarted worker
+    try:
+        assert [s.id for s in log.registry.all()] == [created["id"]]
+        assert log.registry.get(created["id"]).secrets[0].secret == created["secret"]
+    finally:
+        await second.close()
+
+
+async def test_the_test_call_sends_a_signed_ping(broker) -> None:
+    received: list[bytes] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=204)
+
+    receiver_app = web.Application()
+    receiver_app.router.add_post("/hook", hook)
+    receiver = TestServer(receiver_app)
+    await receiver.start_server()
+    http, _ = await api_client(broker.bootstrap_servers, f"subs-{uuid.uuid4().hex[:8]}", allow_private=True)
+    try:
+        subscription = await (await http.post(
+            "/v1/subscriptions", json={"url": str(receiver.make_url("/hook"))}, headers=AUTH)).json()
+        answer = await (await http.post(f"/v1/subscriptions/{subscription['id']}/test", headers=AUTH)).json()
+    finally:
+        await http.close()
+        await receiver.close()
+    assert answer["delivered"] is True and answer["status"] == 204
+    assert b'"type":"intent.ping"' in received[0]
+
+
+async def test_the_openapi_document_describes_the_routes(client: TestClient) -> None:
+    document = await (await client.get("/openapi.json")).json()
+    assert document["openapi"].startswith("3.1")
+    assert set(document["paths"]) == {
+        "/v1/subscriptions", "/v1/subscriptions/{id}", "/v1/subscriptions/{id}/rotate-secret",
+        "/v1/subscriptions/{id}/test",
+    }
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://127.0.0.1/hook", "loopback"),
+        ("https://10.1.2.3/hook", "private"),
+        ("https://169.254.169.254/latest/meta-data", "link-local"),
+        ("https://[::1]/hook", "loopback"),
+        ("https://[::ffff:127.0.0.1]/hook", "loopback"),
+        ("https://[fd00:ec2::254]/", "metadata"),
+        ("http://93.184.215.14/hook", "https"),
+        ("https://user:pw@93.184.215.14/", "credentials"),
+    ],
+)
+async def test_requests_to_internal_targets_are_refused(url: str, reason: str) -> None:
+    with pytest.raises(TargetRejected, match=reason):
+        await check_target(url, allow_private=False)
+
+
+async def test_private_targets_are_allowed_only_with_the_setting() -> None:
+    await check_target("http://127.0.0.1:8000/hook", allow_private=True)
+    assert forbidden_reason("93.184.215.14") is None

@@ -1,0 +1,257 @@
+"""Webhook delivery against real HTTP receivers on localhost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from standardwebhooks import Webhook
+
+from intent.webhooks.delivery import Deliverer, DictPendingStore, parse_schedule, webhook_id
+from intent.webhooks.subscriptions import Subscription, SubscriptionRegistry
+
+CHANGE = {"id": "ic_0123", "type": "intent.changed", "to_intent": {"id": "cold_flu_care"}, "suggestions": []}
+
+
+@dataclass
+class Receiver:
+    """A real aiohttp server whose answers the test scripts: a list of statuses, then 200."""
+
+    answers: list[int] = field(default_factory=list)
+    delay: float = 0.0
+    retry_after: str | None = None  # sent with 429s
+    received: list[tuple[dict[str, str], bytes, float]] = field(default_factory=list)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received.append((dict(request.headers), body, time.monotonic()))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        status = self.answers.pop(0) if self.answers else 200
+        headers = {"Retry-After": self.retry_after} if status == 429 and self.retry_after else {}
+        return web.Response(status=status, headers=headers)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Receiver], Awaitable[Receiver]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(receiver: Receiver) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/hooks", receiver.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        receiver.url = f"http://127.0.0.1:{port}/hooks"
+        runners.append(runner)
+        return receiver
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@dataclass
+class Harness:
+    registry: SubscriptionRegistry
+    store: DictPendingStore
+    dead_letters: list[dict[str, Any]]
+    disabled: list[tuple[str, str]]
+
+    def subscribe(self, url: str) -> Subscription:
+        subscription = Subscription.create(url, (), None)
+        self.registry.apply(subscription.id, subscription.to_bytes())
+        return subscription
+
+    def deliverer(self, schedule: str = "0,0.2,0.2", **options: Any) -> Deliverer:
+        async def dead_letter(record: dict[str, Any]) -> None:
+            self.dead_letters.append(record)
+
+        async def disable(subscription: Subscription, reason: str) -> None:
+            self.disabled.append((subscription.id, reason))
+            self.registry.apply(subscription.id, Subscription(**{**subscription.__dict__, "disabled_reason": reason}).to_bytes())
+
+        return Deliverer(
+            self.registry, self.store, schedule=parse_schedule(schedule),
+            timeout_seconds=options.get("timeout", 5.0), endpoint_concurrency=options.get("concurrency", 2),
+            allow_private_urls=True, dead_letter=dead_letter, disable=disable,
+        )
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return Harness(SubscriptionRegistry(), DictPendingStore(), [], [])
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+async def test_a_receiver_using_standardwebhooks_verifies_the_signature_unmodified(serve, harness) -> None:
+    receiver = await serve(Receiver())
+    subscription = harness.subscribe(receiver.url)
+    deliverer = harness.deliverer()
+    await deliverer.start()
+    try:
+        deliverer.enqueue(CHANGE, [subscription], partition=0)
+        await until(lambda: len(receiver.received) == 1 and not harness.store.data)
+    finally:
+        await deliverer.stop()
+    headers, body, _ = receiver.received[0]
+    verified = Webhook(subscription.secrets[0].secret).verify(body, headers)
+    assert verified == CHANGE
+    assert headers["webhook-id"] == webhook_id(CHANGE["id"], subscription.id)
+
+
+async def test_two_failures_then_success_deliver_exactly_once_with_the_same_webhook_id(serve, harness) -> None:
+    receiver = await serve(Receiver(answers=[500, 500]))
+    subscription = harness.subscribe(receiver.url)
+    deliverer = harness.deliverer()
+    await deliverer.start()
+    try:
+        deliverer.enqueue(CHANGE, [subscription], partition=0)
+        await until(lambda: len(receiver.received) == 3 and not harness.store.data)
+        await asyncio.sleep(0.5)  # nothing more arrives once it succeeded
+    finally:
+        await deliverer.stop()
+    assert len(receiver.received) == 3
+    assert len({headers["webhook-id"] for headers, _, _ in receiver.received}) == 1
+    assert harness.dead_letters == []
+
+
+async def test_a_receiver_down_past_every_attempt_yields_a_dead_letter_with_every_attempt(serve, harness) -> None:
+    receiver = await serve(Receiver(answers=[503, 500, 502]))
+    subscription = harness.subscribe(receiver.url)
+    deliverer = harness.deliverer("0,0.1,0.1")
+    await deliverer.start()
+    try:
+        deliverer.enqueue(CHANGE, [subscription], partition=0)
+        await until(lambda: len(harness.dead_letters) == 1)
+    finally:
+        await deliverer.stop()
+    (record,) = harness.dead_letters
+    assert [attempt["status"] for attempt in record["attempts"]] == [503, 500, 502]
+    assert record["payload"] == CHANGE and record["url"] == receiver.url
+    assert record["subscription_id"] == subscription.id and harness.store.data == {}
+
+
+async def test_an_unreachable_endpoint_records_the_error_of_each_attempt(harness) -> None:
+    subscription = harness.subscribe("http://127.0.0.1:9/hooks")  # the discard port: nothing listens
+    deliverer = harness.deliverer("0,0.1")
+    await deliverer.start()
+    try:
+        deliverer.enqueue(CHANGE, [subscription], partition=0)
+        await until(lambda: len(harness.dead_letters) == 1)
+    finally:
+        await deliverer.stop()
+    attempts = harness.dead_letters[0]["attempts"]
+    assert len(attempts) == 2 and all(a["status"] is None and "Connect" in a["error"] for a in attempts)
+
+
+async def test_a_slow_receiver_does_not_delay_another(serve, harness) -> None:
+    slow = await serve(Receiver(delay=3.0))
+    fast = await serve(Receiver())
+    deliverer = harness.deliverer(concurrency=1)
+    await deliverer.start()
+    try:
+        started = time.monotonic()
+        for number in range(3):  # a queue of deliveries for the slow endpoint
+            deliverer.enqueue({**CHANGE, "id": f"ic_{number}"}, [harness.subscribe(slow.url)], partition=0)
+        deliverer.enqueue(CHANGE, [harness.subscribe(fast.url)], partition=0)
+        await until(lambda: len(fast.received) == 1)
+    finally:
+        await deliverer.stop()
+    fast_arrival = fast.received[0][2] - started
+    assert fast_arrival < slow.delay  # it did not wait behind the slow endpoint's queue
+    assert len(slow.received) == 1  # concurrency 1: the slow endpoint had one attempt in flight
+
+
+async def test_pending_deliveries_survive_a_restart_and_are_delivered_after_it(serve, harness) -> None:
+    receiver = await serve(Receiver(answers=[500]))
+    subscription = harness.subscribe(receiver.url)
+    first = harness.deliverer("0,1")
+    await first.start()
+    first.enqueue(CHANGE, [subscription], partition=0)
+    await until(lambda: len(receiver.received) == 1 and len(first.pending()) == 1 and first.pending()[0].attempts)
+    await first.stop()  # the worker goes away with a retry pending in its store
+
+    second = harness.deliverer("0,1")  # a new worker on the restored store
+    await second.start()
+    try:
+        await until(lambda: len(receiver.received) == 2 and not harness.store.data)
+    finally:
+        await second.stop()
+    assert receiver.received[0][0]["webhook-id"] == receiver.received[1][0]["webhook-id"]
+
+
+async def test_410_gone_disables_the_subscription_and_ends_the_delivery(serve, harness) -> None:
+    receiver = await serve(Receiver(answers=[410]))
+    subscription = harness.subscribe(receiver.url)
+    deliverer = harness.deliverer()
+    await deliverer.start()
+    try:
+        deliverer.enqueue(CHANGE, [subscription], partition=0)
+        await until(lambda: bool(harness.disabled))
+        deliverer.enqueue({**CHANGE, "id": "ic_next"}, harness.registry.matching("cold_flu_care"), partition=0)
+        await asyncio.sleep(0.3)
+    finally:
+        await deliverer.stop()
+    assert harness.disabled == [(subscription.id, "the endpoint answered 410 Gone")]
+    assert len(receiver.received) == 1 and harness.store.data == {} and harness.dead_letters == []
+
+
+async def test_429_backs_off_for_as_long_as_retry_after_asks(serve, harness) -> None:
+    receiver = await serve(Receiver(answers=[429], retry_after="1"))
+    subscription = harness.subscribe(receiver.url)
+    deliverer = harness.deliverer("0,0.05")
+    await deliverer.start()
+    try:
+        deliverer.enqueue(CHANGE, [subscription], partition=0)
+        await until(lambda: len(receiver.received) == 2, timeout=10)
+    finally:
+        await deliverer.stop()
+    gap = receiver.received[1][2] - receiver.received[0][2]
+    assert gap >= 0.95  # the schedule said 0.05 s; the endpoint asked for 1 s
+
+
+async def test_a_rotation_signs_with_both_secrets_until_the_overlap_ends(serve, harness) -> None:
+    receiver = await serve(Receiver())
+    old = harness.subscribe(receiver.url)
+    rotated = old.rotated(overlap_seconds=60, now=time.time())
+    harness.registry.apply(rotated.id, rotated.to_bytes())
+    deliverer = harness.deliverer()
+    await deliverer.start()
+    try:
+        deliverer.enqueue(CHANGE, [rotated], partition=0)
+        await until(lambda: len(receiver.received) == 1)
+    finally:
+        await deliverer.stop()
+    headers, body, _ = receiver.received[0]
+    assert len(headers["webhook-signature"].split()) == 2
+    for secret in (old.secrets[0].secret, rotated.secrets[0].secret):
+        assert Webhook(secret).verify(body, headers) == CHANGE
+    assert rotated.signing_secrets(time.time() + 61) == [rotated.secrets[0].secret]
+
+
+def test_payloads_over_20_kb_are_refused(harness) -> None:
+    deliverer = harness.deliverer()
+    with pytest.raises(ValueError, match="20480 bytes"):
+        deliverer.enqueue({**CHANGE, "padding": "x" * 21_000}, [harness.subscribe("http://127.0.0.1/")], 0)
+
+
+def test_the_retry_schedule_setting_is_validated() -> None:
+    assert parse_schedule("0, 5,300") == (0.0, 5.0, 300.0)
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_schedule("5,-1")
+    assert orjson.loads(orjson.dumps(CHANGE)) == CHANGE
