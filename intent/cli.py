@@ -92,6 +92,25 @@ def command_replay(arguments: argparse.Namespace, settings: Settings) -> None:
         asyncio.run(run())
 
 
+def command_webhooks_replay(arguments: argparse.Namespace, settings: Settings) -> None:
+    from intent.webhooks.delivery import replay_dead_letters
+
+    with broker_for(settings):
+        report = asyncio.run(
+            replay_dead_letters(
+                settings.bootstrap_servers,
+                settings.webhook_dead_letter_topic,
+                settings.subscriptions_topic,
+                subscription_id=arguments.subscription,
+                timeout_seconds=settings.webhook_timeout_seconds,
+                allow_private_urls=settings.webhook_allow_private_urls,
+            )
+        )
+    print(f"re-sent dead letters: {report.delivered} delivered, {report.failed} failed again, "
+          f"{report.skipped} skipped (subscription deleted or disabled)")
+    sys.exit(1 if report.failed else 0)
+
+
 def command_demo(arguments: argparse.Namespace, settings: Settings) -> None:
     from intent.demo import run_demo
 
@@ -122,6 +141,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep the events' timing, this many times faster (default: no waiting)")
     replay.add_argument("--topic", help="default: INTENT_EVENTS_TOPIC")
     replay.set_defaults(handler=command_replay)
+
+    webhooks = commands.add_parser("webhooks", help="webhook delivery tools")
+    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    replay_letters = webhook_commands.add_parser(
+        "replay", help="send the dead-lettered deliveries again (INTENT_WEBHOOK_DEAD_LETTER_TOPIC)"
+    )
+    replay_letters.add_argument("--subscription", help="only this subscription's dead letters")
+    replay_letters.set_defaults(handler=command_webhooks_replay)
 
     demo = commands.add_parser("demo", help="broker + worker + simulated shoppers, with a live log")
     demo.add_argument("--shoppers", type=int, default=60, help="simulated shoppers besides the story")

@@ -172,7 +172,7 @@ class Deliverer:
         """One signed `intent.ping` to the subscription, not retried: the API's test call."""
         now = self.clock()
         payload = {"type": "intent.ping", "id": f"ping_{int(now * 1000)}", "sent_at": iso_time(now)}
-        return await self._post(subscription, webhook_id(payload["id"], subscription.id), payload)
+        return await self.send_once(subscription, webhook_id(payload["id"], subscription.id), payload)
 
     def _launch(self, delivery: Delivery) -> None:
         if delivery.webhook_id not in self._in_flight:
@@ -200,7 +200,7 @@ class Deliverer:
             return
         semaphore = self._endpoints.setdefault(urlsplit(subscription.url).netloc, asyncio.Semaphore(self.endpoint_concurrency))
         async with semaphore:
-            attempt = await self._post(subscription, delivery.webhook_id, delivery.payload)
+            attempt = await self.send_once(subscription, delivery.webhook_id, delivery.payload)
         delivery.attempts.append(attempt)
         if attempt.status is not None and 200 <= attempt.status < 300:
             self.store.delete(key, delivery.partition)
@@ -218,7 +218,8 @@ class Deliverer:
             delivery.next_attempt_at = self.clock() + delay
             self.store.put(key, delivery.to_bytes(), delivery.partition)
 
-    async def _post(self, subscription: Subscription, message_id: str, payload: dict[str, Any]) -> Attempt:
+    async def send_once(self, subscription: Subscription, message_id: str, payload: dict[str, Any]) -> Attempt:
+        """One signed attempt, whatever its outcome (retries are the caller's business)."""
         assert self._session is not None, "start() first"
         started = time.perf_counter()
         at = self.clock()
@@ -280,3 +281,68 @@ class DictPendingStore:
 
     def items(self) -> Iterator[tuple[str, bytes]]:
         return iter(list(self.data.items()))
+
+
+@dataclass
+class ReplayReport:
+    delivered: int = 0
+    failed: int = 0
+    skipped: int = 0  # the subscription is gone or disabled
+
+
+async def replay_dead_letters(
+    bootstrap_servers: str,
+    dead_letter_topic: str,
+    subscriptions_topic: str,
+    *,
+    subscription_id: str | None,
+    timeout_seconds: float,
+    allow_private_urls: bool,
+) -> ReplayReport:
+    """Send every dead-lettered delivery (of one subscription, if given) once more, with its original
+    webhook-id so receivers that got it meanwhile recognise it. Failures stay in the topic."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from intent.webhooks.subscriptions import SubscriptionLog
+
+    subscriptions = SubscriptionLog(bootstrap_servers, subscriptions_topic)
+    await subscriptions.start()
+
+    async def nothing(*_: object) -> None: ...
+
+    deliverer = Deliverer(
+        subscriptions.registry, DictPendingStore(), schedule=(0.0,), timeout_seconds=timeout_seconds,
+        endpoint_concurrency=1, allow_private_urls=allow_private_urls, dead_letter=nothing, disable=nothing,
+    )
+    await deliverer.start()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    report = ReplayReport()
+    try:
+        partitions = [TopicPartition(dead_letter_topic, p) for p in consumer.partitions_for_topic(dead_letter_topic) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in partitions])
+
+        while await behind():
+            for messages in (await consumer.getmany(timeout_ms=1000)).values():
+                for message in messages:
+                    record = orjson.loads(message.value)
+                    if subscription_id is not None and record["subscription_id"] != subscription_id:
+                        continue
+                    subscription = subscriptions.registry.get(record["subscription_id"])
+                    if subscription is None or not subscription.enabled:
+                        report.skipped += 1
+                        continue
+                    attempt = await deliverer.send_once(subscription, record["webhook_id"], record["payload"])
+                    if attempt.status is not None and 200 <= attempt.status < 300:
+                        report.delivered += 1
+                    else:
+                        report.failed += 1
+    finally:
+        await consumer.stop()
+        await deliverer.stop()
+        await subscriptions.stop()
+    return report
