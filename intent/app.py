@@ -13,6 +13,7 @@ import asyncio
 import base64
 import logging
 import time
+from datetime import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -148,7 +149,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
         """The crowd learns which products go together within a visit."""
         bought = event.event_type == "Order Completed"
         products = event.products if bought and event.products else (event.product_id,)
-        seen = [record["p"] for record in window_events[-20:] if "p" in record]
+        seen = {record["p"] for record in window_events[-8:] if "p" in record}
         for product in products:
             if product and seen:
                 crowd.observe(seen, product, bought, event.timestamp)
@@ -209,7 +210,9 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
         async for event in stream.events():
             change = orjson.loads(event.value)
             shopper = change["shopper_id"]
-            decision = delivery_policy.decide(change, caps_store.get(shopper), time.time())
+            # the cap counts in event time, so a replay of last week is capped like last week was
+            event_time = datetime.fromisoformat(change["event_time"]).timestamp()
+            decision = delivery_policy.decide(change, caps_store.get(shopper), event_time)
             if not decision.deliver:
                 log.info("intent change %s not delivered: %s", change["id"], decision.reason,
                          extra={"ids": {"change_id": change["id"], "shopper_id": shopper}})

@@ -19,13 +19,16 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import aiohttp
 import orjson
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
 from intent.cli import broker_for
 from intent.kafka import ensure_topics, wait_for_lag_zero
 from intent.replay import replay
 from intent.settings import Settings
+from intent.webhooks.signing import SignatureError, verify
 
 MALFORMED = [
     b'{"event": "Product Viewed", "userId": "broken-1", "timestamp": "2026-01-28T11:00:00Z", "properties": {"price": "cheap"}}',
@@ -49,6 +52,56 @@ def demo_events(shoppers: int) -> list[bytes]:
     return lines
 
 
+class DemoReceiver:
+    """The commerce platform's side, for the demo: a local endpoint that checks each signature."""
+
+    def __init__(self) -> None:
+        self.secret = ""
+        self.received: list[dict[str, Any]] = []
+        self.bad_signatures = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            verify(self.secret, request.headers, body)
+        except SignatureError as error:
+            self.bad_signatures += 1
+            print(f"  webhook REJECTED: {error}", flush=True)
+            return web.Response(status=401)
+        payload = orjson.loads(body)
+        self.received.append(payload)
+        if payload.get("type") == "intent.changed":
+            offers = ", ".join(s["name"] for s in payload["suggestions"][:3]) or "(holdout: none)"
+            print(f"  webhook {payload['shopper_id']:<24} {payload['to_intent']['id']:<17} signature ok; "
+                  f"suggests {offers}", flush=True)
+        return web.Response(status=204)
+
+
+async def subscribe(port: int, token: str, url: str, timeout: float) -> dict[str, Any]:
+    """Subscribe `url` through the worker's API once it serves (it answers 503 while starting)."""
+    async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.post(
+                    f"http://127.0.0.1:{port}/v1/subscriptions",
+                    json={"url": url, "description": "intent demo receiver"},
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as response:
+                    if response.status == 201:
+                        return await response.json()
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(1)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def describe(change: dict[str, Any]) -> str:
     source = change["from_intent"]["id"] if change["from_intent"] else "(no intent)"
     trigger = next(
@@ -67,9 +120,14 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
         "INTENT_EVENTS_TOPIC": f"demo-{run_id}-shopper-events",
         "INTENT_CHANGES_TOPIC": f"demo-{run_id}-intent-changes",
         "INTENT_DEAD_LETTER_TOPIC": f"demo-{run_id}-shopper-events-dlq",
+        "INTENT_WEBHOOK_DEAD_LETTER_TOPIC": f"demo-{run_id}-webhooks-dlq",
+        "INTENT_SUBSCRIPTIONS_TOPIC": f"demo-{run_id}-subscriptions",
     }
     bootstrap = settings.bootstrap_servers
-    await ensure_topics(bootstrap, topics.values(), settings.topic_partitions)
+    await ensure_topics(
+        bootstrap, [t for k, t in topics.items() if k != "INTENT_SUBSCRIPTIONS_TOPIC"], settings.topic_partitions
+    )
+    web_port, token = _free_port(), uuid.uuid4().hex
     lines = demo_events(shoppers)
     print(f"intent demo: {len(lines):,} events from {shoppers + 1} shoppers "
           f"(the coffee -> tea -> cold story among them) on {bootstrap}")
@@ -82,8 +140,18 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
             "INTENT_APP_ID": app_id,
             "INTENT_DATA_DIR": data_dir,
             "INTENT_LOG_LEVEL": "ERROR",  # the demo prints what matters itself
+            "INTENT_WEB_PORT": str(web_port),
+            "INTENT_API_TOKENS": token,
+            "INTENT_WEBHOOK_ALLOW_PRIVATE_URLS": "true",  # the receiver is on this machine
         }
         worker = subprocess.Popen([sys.executable, "-m", "intent", "worker"], env=environment)
+        receiver = DemoReceiver()
+        receiver_app = web.Application()
+        receiver_app.router.add_post("/hooks", receiver.handle)
+        runner = web.AppRunner(receiver_app, access_log=None)
+        await runner.setup()
+        receiver_port = _free_port()
+        await web.TCPSite(runner, "127.0.0.1", receiver_port).start()
         changes: list[dict[str, Any]] = []
         dead_letters: list[dict[str, Any]] = []
         consumer = AIOKafkaConsumer(
@@ -105,16 +173,22 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
         watcher = asyncio.create_task(watch())
         started = time.perf_counter()
         try:
+            print("the worker joins its consumer group (about 30 s on the embedded broker) ...", flush=True)
+            subscription = await subscribe(web_port, token, f"http://127.0.0.1:{receiver_port}/hooks", timeout)
+            receiver.secret = subscription["secret"]
+            print(f"subscribed the demo receiver: {subscription['id']} (signing secret whsec_…)", flush=True)
             report = await replay(lines, bootstrap, topics["INTENT_EVENTS_TOPIC"])
-            print(f"sent {report.sent:,} events; the worker joins its group and catches up ...", flush=True)
+            print(f"sent {report.sent:,} events; waiting for the worker to catch up ...", flush=True)
             await wait_for_lag_zero(bootstrap, app_id, topics["INTENT_EVENTS_TOPIC"], timeout)
-            await asyncio.sleep(1.0)  # the last outputs are on their way to us
+            await wait_for_lag_zero(bootstrap, app_id, topics["INTENT_CHANGES_TOPIC"], timeout)
+            await asyncio.sleep(2.0)  # the last webhooks are on their way to the receiver
         except TimeoutError as error:
             print(f"demo failed: {error}")
             return 1
         finally:
             watcher.cancel()
             await consumer.stop()
+            await runner.cleanup()
             worker.send_signal(signal.SIGTERM)
             try:
                 worker.wait(timeout=30)
@@ -122,6 +196,7 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
                 worker.kill()
         elapsed = time.perf_counter() - started
 
+    webhooks = [w for w in receiver.received if w.get("type") == "intent.changed"]
     story = [c for c in changes if c["shopper_id"] == "story-coffee-tea-cold"]
     cold = next((c for c in story if c["to_intent"]["id"] == "cold_flu_care"), None)
     by_intent = Counter(c["to_intent"]["id"] for c in changes)
@@ -129,12 +204,17 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
     print(f"  events processed      {report.sent - len(dead_letters):,} of {report.sent:,} in {elapsed:.1f} s")
     print(f"  dead-lettered         {len(dead_letters)} (malformed on purpose: {len(MALFORMED)})")
     print(f"  intent shifts         {len(changes)}: " + ", ".join(f"{k} {v}" for k, v in by_intent.most_common()))
+    print(f"  webhooks received     {len(webhooks)} signed and verified ({receiver.bad_signatures} bad); the "
+          f"rest suppressed by consent or the frequency cap, or held out")
+    story_webhook = next((w for w in webhooks if cold and w["id"] == cold["id"]), None)
     if cold:
         print(f"  the story             coffee_ritual -> cold_flu_care detected at {cold['event_time']} "
               f"after {cold['evidence'][-1].get('name') or cold['evidence'][-1].get('query')!r}")
     else:
         print("  the story             the cold & flu shift was NOT detected")
-    return 0 if cold and len(dead_letters) == len(MALFORMED) else 1
+    if story_webhook:
+        print("  its webhook suggests  " + ", ".join(s["name"] for s in story_webhook["suggestions"]))
+    return 0 if cold and story_webhook and len(dead_letters) == len(MALFORMED) else 1
 
 
 def run_demo(settings: Settings, shoppers: int, timeout: float) -> int:

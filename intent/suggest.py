@@ -31,7 +31,7 @@ import orjson
 from intent.taxonomy import Product, Taxonomy
 
 PURCHASE_WEIGHT = 3.0  # a co-purchase says more than a co-view
-MAX_NEIGHBOURS = 50
+MAX_NEIGHBOURS = 50  # kept per product after a prune; a prune runs when twice as many gathered
 MAX_PRODUCTS = 50_000
 PRUNE_BELOW = 0.05
 
@@ -82,7 +82,7 @@ class CrowdCounts:
                 neighbours = self.pairs.setdefault(a, {})
                 entry = neighbours.get(b)
                 neighbours[b] = [weight + (self._decayed(entry, now) if entry else 0.0), now]
-                if len(neighbours) > MAX_NEIGHBOURS:
+                if len(neighbours) > 2 * MAX_NEIGHBOURS:  # amortised: a sort per 50 new neighbours
                     self._prune(neighbours, now)
         if len(self.pairs) > MAX_PRODUCTS:
             # forget the products whose strongest tie is weakest: they say the least
@@ -91,11 +91,13 @@ class CrowdCounts:
                 del self.pairs[stale]
 
     def _prune(self, neighbours: dict[str, list[float]], now: float) -> None:
-        ranked = sorted(neighbours, key=lambda n: self._decayed(neighbours[n], now), reverse=True)
+        scores = {name: self._decayed(entry, now) for name, entry in neighbours.items()}
+        ranked = sorted(scores, key=scores.__getitem__, reverse=True)
         for weak in ranked[MAX_NEIGHBOURS:]:
             del neighbours[weak]
-        for name in [n for n, e in neighbours.items() if self._decayed(e, now) < PRUNE_BELOW]:
-            del neighbours[name]
+        for name in ranked[:MAX_NEIGHBOURS]:
+            if scores[name] < PRUNE_BELOW:
+                del neighbours[name]
 
     def neighbours(self, products: Sequence[str], now: float) -> dict[str, tuple[float, str]]:
         """Neighbour -> (decayed score, the window product it is tied to most)."""
