@@ -116,6 +116,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
 
 def create_worker(settings: Settings, model: IntentModel | None = None) -> IntentWorker:
     model = model or IntentModel.load(settings.model_dir, settings.inference_threads)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(settings.app_id, **faust_settings(settings))
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
     changes_topic = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes)

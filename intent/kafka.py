@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -72,3 +72,69 @@ async def wait_for_lag_zero(
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"group {group_id} still has {lag} events of {topic} to process")
         await asyncio.sleep(poll)
+
+
+class CompactedTopic:
+    """A keyed, compacted, one-partition topic that this process writes and follows to its end.
+
+    Every process reads the whole topic (no consumer group) and hands each record to `apply`, so all
+    of them hold the same state and a restart rebuilds it. `write` returns once this process has
+    read its own write back: a read right after a write sees it.
+    """
+
+    def __init__(self, bootstrap_servers: str, topic: str, apply: Callable[[str, bytes | None], None]) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self._apply = apply
+        self._partition = TopicPartition(topic, 0)
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._applied_offset = -1
+        self._applied = asyncio.Condition()
+        self._follower: asyncio.Task[None] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._follower is not None and not self._follower.done()
+
+    async def start(self) -> None:
+        """Create the topic if needed and read it to its end before returning."""
+        await ensure_topics(self.bootstrap_servers, [self.topic], 1, {"cleanup.policy": "compact"})
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all")
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
+        await self._producer.start()
+        await self._consumer.start()
+        self._consumer.assign([self._partition])
+        await self._consumer.seek_to_beginning(self._partition)
+        end = (await self._consumer.end_offsets([self._partition]))[self._partition]
+        self._follower = asyncio.create_task(self._follow(), name=f"follow {self.topic}")
+        await self._wait_applied(end - 1)
+
+    async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                await client.stop()
+
+    async def write(self, key: str, value: bytes | None) -> None:
+        """Write (None: delete) and return once this process has applied it."""
+        assert self._producer is not None, "start() first"
+        metadata = await self._producer.send_and_wait(self.topic, value, key=key.encode(), partition=0)
+        await self._wait_applied(metadata.offset)
+
+    async def _wait_applied(self, offset: int, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout), self._applied:
+            await self._applied.wait_for(lambda: self._applied_offset >= offset)
+
+    async def _follow(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(self._partition, timeout_ms=500)
+            position = await self._consumer.position(self._partition)
+            for message in batches.get(self._partition, []):
+                self._apply(message.key.decode(), message.value)
+            async with self._applied:
+                self._applied_offset = position - 1
+                self._applied.notify_all()

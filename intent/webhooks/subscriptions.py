@@ -9,7 +9,6 @@ The topic holds the signing secrets: restrict who can read it as you would a sec
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -17,10 +16,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from intent.events import iso_time
-from intent.kafka import ensure_topics
+from intent.kafka import CompactedTopic
 from intent.webhooks.signing import new_secret
 
 log = logging.getLogger(__name__)
@@ -118,67 +116,29 @@ class SubscriptionLog:
     """Writes subscription changes to the compacted topic and follows it into a registry."""
 
     def __init__(self, bootstrap_servers: str, topic: str, registry: SubscriptionRegistry | None = None) -> None:
-        self.bootstrap_servers = bootstrap_servers
-        self.topic = topic
         self.registry = registry or SubscriptionRegistry()
-        self._partition = TopicPartition(topic, 0)
-        self._producer: AIOKafkaProducer | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self._applied_offset = -1
-        self._applied = asyncio.Condition()
-        self._follower: asyncio.Task[None] | None = None
+        self.topic = topic
+        self._topic = CompactedTopic(bootstrap_servers, topic, self._apply)
 
-    async def start(self) -> None:
-        """Create the topic if needed and read it to its end before returning."""
-        await ensure_topics(self.bootstrap_servers, [self.topic], 1, {"cleanup.policy": "compact"})
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all")
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
-        await self._producer.start()
-        await self._consumer.start()
-        self._consumer.assign([self._partition])
-        await self._consumer.seek_to_beginning(self._partition)
-        end = (await self._consumer.end_offsets([self._partition]))[self._partition]
-        self._follower = asyncio.create_task(self._follow(), name="follow-subscriptions")
-        await self._wait_applied(end - 1)
-        log.info("following %d subscriptions on %s", len(self.registry.all()), self.topic)
+    def _apply(self, key: str, value: bytes | None) -> None:
+        try:
+            self.registry.apply(key, value)
+        except (ValueError, TypeError, KeyError):
+            log.exception("skipping an unreadable subscription record for %s", key)
 
     @property
     def started(self) -> bool:
-        return self._follower is not None and not self._follower.done()
+        return self._topic.started
+
+    async def start(self) -> None:
+        await self._topic.start()
+        log.info("following %d subscriptions on %s", len(self.registry.all()), self.topic)
 
     async def stop(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            await asyncio.gather(self._follower, return_exceptions=True)
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                await client.stop()
+        await self._topic.stop()
 
     async def put(self, subscription: Subscription) -> None:
-        await self._write(subscription.id, subscription.to_bytes())
+        await self._topic.write(subscription.id, subscription.to_bytes())
 
     async def delete(self, subscription_id: str) -> None:
-        await self._write(subscription_id, None)
-
-    async def _write(self, key: str, value: bytes | None) -> None:
-        assert self._producer is not None, "start() first"
-        metadata = await self._producer.send_and_wait(self.topic, value, key=key.encode(), partition=0)
-        await self._wait_applied(metadata.offset)
-
-    async def _wait_applied(self, offset: int, timeout: float = 30.0) -> None:
-        async with asyncio.timeout(timeout), self._applied:
-            await self._applied.wait_for(lambda: self._applied_offset >= offset)
-
-    async def _follow(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batches = await self._consumer.getmany(self._partition, timeout_ms=500)
-            position = await self._consumer.position(self._partition)
-            for message in batches.get(self._partition, []):
-                try:
-                    self.registry.apply(message.key.decode(), message.value)
-                except (ValueError, TypeError, KeyError):
-                    log.exception("skipping an unreadable subscription record at offset %d", message.offset)
-            async with self._applied:
-                self._applied_offset = position - 1
-                self._applied.notify_all()
+        await self._topic.write(subscription_id, None)
