@@ -111,6 +111,13 @@ def command_webhooks_replay(arguments: argparse.Namespace, settings: Settings) -
     sys.exit(1 if report.failed else 0)
 
 
+def command_collector(arguments: argparse.Namespace, settings: Settings) -> None:
+    from intent.collector import serve
+
+    with broker_for(settings), contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings))
+
+
 def command_demo(arguments: argparse.Namespace, settings: Settings) -> None:
     from intent.demo import run_demo
 
@@ -141,6 +148,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep the events' timing, this many times faster (default: no waiting)")
     replay.add_argument("--topic", help="default: INTENT_EVENTS_TOPIC")
     replay.set_defaults(handler=command_replay)
+
+    collector = commands.add_parser(
+        "collector", help="run the Segment-compatible HTTP collector (INTENT_COLLECTOR_PORT)"
+    )
+    collector.set_defaults(handler=command_collector)
 
     webhooks = commands.add_parser("webhooks", help="webhook delivery tools")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)

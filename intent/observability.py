@@ -67,6 +67,10 @@ DELIVERIES_SUPPRESSED = Counter(
     registry=REGISTRY,
 )
 
+COLLECTOR_MESSAGES = Counter(
+    "intent_collector_messages_total", "Messages the collector took, by outcome.", ["outcome"], registry=REGISTRY
+)
+
 
 def reason_kind(reason: str) -> str:
     """A bounded label for a rejection reason: the field it names, or its first words."""

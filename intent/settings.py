@@ -107,6 +107,20 @@ class Settings(BaseSettings):
         0.10, description="Share of shoppers in the holdout: delivered with `holdout: true` and no suggestions."
     )
     holdout_salt: str = Field("intent-holdout-1", description="Change it to draw a new holdout group.")
+    write_keys: str = Field(
+        "", description="Comma-separated write keys the collector accepts; empty: every call is refused."
+    )
+    collector_host: str = Field("127.0.0.1", description="Interface of the collector's HTTP server.")
+    collector_port: int = Field(8088, description="Port of the collector's HTTP server.")
+    collector_dedup_seconds: float = Field(
+        600.0, description="Messages with a messageId seen this recently are acknowledged and dropped."
+    )
+    collector_dedup_max_ids: int = Field(1_000_000, description="Most messageIds remembered for de-duplication.")
+    collector_max_message_bytes: int = Field(32_768, description="Largest message the collector accepts.")
+    collector_max_batch_bytes: int = Field(512_000, description="Largest call (batch) the collector accepts.")
+    identities_topic: str = Field(
+        "shopper-identities", description="Compacted topic of anonymousId -> userId links from identify calls."
+    )
     log_level: str = Field("INFO", description="Logging level.")
     log_json: bool = Field(
         True, description="Log one JSON object per line (with ids); false for plain text lines."
