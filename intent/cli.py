@@ -118,13 +118,39 @@ def command_collector(arguments: argparse.Namespace, settings: Settings) -> None
         asyncio.run(serve(settings))
 
 
+def command_receiver(arguments: argparse.Namespace, settings: Settings) -> None:
+    from intent.demo import run_receiver
+
+    if not settings.api_token_list:
+        sys.exit("intent receiver needs INTENT_API_TOKENS to subscribe itself")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_receiver(arguments.host, arguments.port, arguments.api, settings.api_token_list[0],
+                                 arguments.public_url))
+
+
+def command_loadgen(arguments: argparse.Namespace, settings: Settings) -> None:
+    from intent.loadgen import send_load, simulated_messages
+
+    write_key = next((k.strip() for k in settings.write_keys.split(",") if k.strip()), None)
+    if write_key is None:
+        sys.exit("intent loadgen needs INTENT_WRITE_KEYS (the collector's write key)")
+    while True:
+        report = asyncio.run(send_load(arguments.collector, write_key, simulated_messages(arguments.shoppers,
+                                       arguments.seed), arguments.rate))
+        print(f"sent {report.events_sent:,} events in {report.seconds:.0f} s; {report.events_accepted:,} accepted, "
+              f"{report.failed_calls} failed calls", flush=True)
+        if not arguments.forever:
+            return
+        arguments.seed += 1
+
+
 def command_demo(arguments: argparse.Namespace, settings: Settings) -> None:
     from intent.demo import run_demo
 
     sys.exit(run_demo(settings, shoppers=arguments.shoppers, timeout=arguments.timeout))
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="intent",
         description="Detect shifts in shopper intent from a stream of commerce events. "
@@ -154,6 +180,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     collector.set_defaults(handler=command_collector)
 
+    receiver = commands.add_parser("receiver", help="a demo webhook receiver that subscribes itself and logs")
+    receiver.add_argument("--host", default="0.0.0.0")
+    receiver.add_argument("--port", type=int, default=9000)
+    receiver.add_argument("--api", default="http://127.0.0.1:6066", help="a worker's base URL")
+    receiver.add_argument("--public-url", default="http://127.0.0.1:9000/hooks",
+                          help="the URL the workers reach this receiver at")
+    receiver.set_defaults(handler=command_receiver)
+
+    loadgen = commands.add_parser("loadgen", help="send simulated shoppers through the collector at a rate")
+    loadgen.add_argument("--collector", default="http://127.0.0.1:8088")
+    loadgen.add_argument("--rate", type=float, default=200.0, help="events per second")
+    loadgen.add_argument("--shoppers", type=int, default=500)
+    loadgen.add_argument("--seed", type=int, default=0)
+    loadgen.add_argument("--forever", action="store_true", help="new shoppers after each round")
+    loadgen.set_defaults(handler=command_loadgen)
+
     webhooks = commands.add_parser("webhooks", help="webhook delivery tools")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
     replay_letters = webhook_commands.add_parser(
@@ -167,7 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--timeout", type=float, default=240.0, help="give up after this many seconds")
     demo.set_defaults(handler=command_demo)
 
-    arguments = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = build_parser().parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     arguments.handler(arguments, settings)

@@ -77,13 +77,13 @@ class DemoReceiver:
         return web.Response(status=204)
 
 
-async def subscribe(port: int, token: str, url: str, timeout: float) -> dict[str, Any]:
-    """Subscribe `url` through the worker's API once it serves (it answers 503 while starting)."""
+async def subscribe(api_url: str, token: str, url: str, timeout: float) -> dict[str, Any]:
+    """Subscribe `url` through a worker's API once it serves (it answers 503 while starting)."""
     async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
         while True:
             try:
                 async with http.post(
-                    f"http://127.0.0.1:{port}/v1/subscriptions",
+                    f"{api_url}/v1/subscriptions",
                     json={"url": url, "description": "intent demo receiver"},
                     headers={"Authorization": f"Bearer {token}"},
                 ) as response:
@@ -92,6 +92,25 @@ async def subscribe(port: int, token: str, url: str, timeout: float) -> dict[str
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(1)
+
+
+async def run_receiver(host: str, port: int, api_url: str, token: str, public_url: str) -> None:
+    """A standing demo receiver (the docker stack's): subscribes itself, then logs what it gets."""
+    receiver = DemoReceiver()
+    app = web.Application()
+    app.router.add_post("/hooks", receiver.handle)
+    app.router.add_get("/healthz", lambda _: web.json_response({"status": "alive"}))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    print(f"demo receiver on {host}:{port}; subscribing {public_url} at {api_url} ...", flush=True)
+    subscription = await subscribe(api_url, token, public_url, timeout=600)
+    receiver.secret = subscription["secret"]
+    print(f"subscribed: {subscription['id']}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
 
 
 def _free_port() -> int:
@@ -174,7 +193,9 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
         started = time.perf_counter()
         try:
             print("the worker joins its consumer group (about 30 s on the embedded broker) ...", flush=True)
-            subscription = await subscribe(web_port, token, f"http://127.0.0.1:{receiver_port}/hooks", timeout)
+            subscription = await subscribe(
+                f"http://127.0.0.1:{web_port}", token, f"http://127.0.0.1:{receiver_port}/hooks", timeout
+            )
             receiver.secret = subscription["secret"]
             print(f"subscribed the demo receiver: {subscription['id']} (signing secret whsec_…)", flush=True)
             report = await replay(lines, bootstrap, topics["INTENT_EVENTS_TOPIC"])

@@ -5,7 +5,12 @@ from __future__ import annotations
 import re
 import tomllib
 
-from intent.settings import REPO_DIR
+import orjson
+import yaml
+
+from intent.cli import build_parser
+from intent.observability import REGISTRY
+from intent.settings import REPO_DIR, Settings
 
 DOCKER = REPO_DIR / "docker"
 PYPROJECT = tomllib.loads((REPO_DIR / "pyproject.toml").read_text())
@@ -60,3 +65,57 @@ def test_every_base_image_is_pinned() -> None:
         for image in re.findall(r"^FROM (\S+)", text, re.M):
             image = defaults.get(image.strip("${}"), image)
             assert pinned(image), f"{name}: {image} is not pinned"
+
+
+COMPOSE = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+SETTINGS = {f"INTENT_{name.upper()}" for name in Settings.model_fields}
+
+
+def intent_services() -> dict[str, dict]:
+    return {name: service for name, service in COMPOSE["services"].items()
+            if service.get("build", {}).get("dockerfile") == "docker/Dockerfile"}
+
+
+def test_compose_parses_and_runs_kafka_in_kraft_mode_with_the_topics_the_workers_need() -> None:
+    kafka = COMPOSE["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]
+    script = COMPOSE["services"]["topics"]["command"][0]
+    defaults = Settings()
+    for topic in (defaults.events_topic, defaults.changes_topic, defaults.dead_letter_topic,
+                  defaults.webhook_dead_letter_topic, defaults.subscriptions_topic, defaults.identities_topic):
+        assert f"--topic {topic} " in script
+    assert COMPOSE["services"]["worker"]["deploy"]["replicas"] == 2
+
+
+def test_every_service_command_is_a_command_of_the_cli() -> None:
+    parser = build_parser()
+    services = intent_services()
+    assert {"worker", "collector", "receiver", "loadgen"} <= set(services)
+    for name, service in services.items():
+        arguments = parser.parse_args(service["command"])  # exits (fails the test) on an unknown option
+        assert arguments.handler.__name__ == f"command_{service['command'][0]}", name
+
+
+def test_every_environment_variable_in_compose_is_a_real_setting() -> None:
+    for name, service in intent_services().items():
+        for variable in service["environment"]:
+            assert variable in SETTINGS, f"{name}: {variable} is not a setting"
+
+
+def test_every_image_in_compose_is_pinned() -> None:
+    for name, service in COMPOSE["services"].items():
+        assert pinned(service["image"]), f"{name}: {service['image']}"
+
+
+def test_prometheus_and_grafana_ask_for_metrics_the_code_exports() -> None:
+    exported = {metric.name for metric in REGISTRY.collect()} | {
+        f"{metric.name}_total" for metric in REGISTRY.collect()}
+    exported |= {f"{metric.name}_bucket" for metric in REGISTRY.collect()}
+    dashboard = orjson.loads((DOCKER / "grafana" / "dashboards" / "intent.json").read_bytes())
+    for panel in dashboard["panels"]:
+        for name in re.findall(r"\b(intent_[a-z_]+)", panel["targets"][0]["expr"]):
+            assert name in exported, f"{panel['title']}: {name}"
+    scrape = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in scrape["scrape_configs"]}
+    assert jobs == {"intent-worker", "intent-collector"}
