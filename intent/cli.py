@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from intent.datasets import FORMATS
 from intent.observability import configure_logging, logging_config
 from intent.settings import Settings, get_settings
 
@@ -75,14 +76,17 @@ def command_worker(arguments: argparse.Namespace, settings: Settings) -> None:
 
 
 def command_replay(arguments: argparse.Namespace, settings: Settings) -> None:
+    from intent.datasets import dataset_events
     from intent.kafka import ensure_topics
-    from intent.replay import read_jsonl, replay
+    from intent.replay import dumps_lines, read_jsonl, replay
 
     topic = arguments.topic or settings.events_topic
+    path = Path(arguments.file)
+    lines = read_jsonl(path) if arguments.format == "jsonl" else dumps_lines(dataset_events(arguments.format, path))
 
     async def run() -> None:
         await ensure_topics(settings.bootstrap_servers, [topic], settings.topic_partitions)
-        report = await replay(read_jsonl(Path(arguments.file)), settings.bootstrap_servers, topic, arguments.speed)
+        report = await replay(lines, settings.bootstrap_servers, topic, arguments.speed)
         print(
             f"sent {report.sent:,} events to {topic} in {report.seconds:.1f} s"
             + (f" ({report.invalid:,} invalid: the worker dead-letters them)" if report.invalid else "")
@@ -168,8 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(handler=command_worker)
 
-    replay = commands.add_parser("replay", help="send JSONL events to the events topic")
-    replay.add_argument("file")
+    replay = commands.add_parser("replay", help="send events from a file or a public dataset to the events topic")
+    replay.add_argument("file", help="a JSONL file, or the dataset's folder or CSV for --format diginetica|rees46")
+    replay.add_argument("--format", choices=FORMATS, default="jsonl",
+                        help="jsonl (our format), diginetica (CIKM Cup 2016) or rees46 (see intent/datasets.py)")
     replay.add_argument("--speed", type=float, default=0.0,
                         help="keep the events' timing, this many times faster (default: no waiting)")
     replay.add_argument("--topic", help="default: INTENT_EVENTS_TOPIC")
