@@ -16,4 +16,5 @@ demo: $(BIN)/activate
 	$(BIN)/intent demo
 
 test: $(BIN)/activate
+	$(BIN)/ruff check intent training tests benchmarks
 	$(BIN)/python -m pytest

@@ -25,12 +25,12 @@ from aiokafka import AIOKafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.throughput import free_port  # noqa: E402
-from intent.broker import EmbeddedBroker  # noqa: E402
-from intent.collector import create_collector_app  # noqa: E402
-from intent.kafka import ensure_topics, producer  # noqa: E402
-from intent.loadgen import send_load, simulated_messages  # noqa: E402
-from intent.settings import Settings  # noqa: E402
+from benchmarks.throughput import free_port
+from intent.broker import EmbeddedBroker
+from intent.collector import create_collector_app
+from intent.kafka import ensure_topics, producer
+from intent.loadgen import send_load, simulated_messages
+from intent.settings import Settings
 
 WRITE_KEY = "load-test"
 
@@ -57,8 +57,9 @@ async def run(arguments: argparse.Namespace, broker: EmbeddedBroker) -> dict[str
     rows = []
     for rate in arguments.rates:
         topic = f"load-{uuid.uuid4().hex[:6]}"
-        settings = Settings(broker_url=broker.url, events_topic=topic, identities_topic=f"{topic}-ids",
-                            write_keys=WRITE_KEY)
+        settings = Settings(
+            broker_url=broker.url, events_topic=topic, identities_topic=f"{topic}-ids", write_keys=WRITE_KEY
+        )
         await ensure_topics(broker.bootstrap_servers, [topic], 4)
         client = producer(broker.bootstrap_servers)
         await client.start()
@@ -75,9 +76,14 @@ async def run(arguments: argparse.Namespace, broker: EmbeddedBroker) -> dict[str
         on_topic = await count_on_topic(broker.bootstrap_servers, topic, report.events_accepted)
         cuts = statistics.quantiles(report.latencies, n=100, method="inclusive")
         row = {
-            "target": rate, "accepted_per_s": report.events_accepted / report.seconds, "sent": report.events_sent,
-            "accepted": report.events_accepted, "on_topic": on_topic, "failed_calls": report.failed_calls,
-            "p50_ms": cuts[49] * 1000, "p99_ms": cuts[98] * 1000,
+            "target": rate,
+            "accepted_per_s": report.events_accepted / report.seconds,
+            "sent": report.events_sent,
+            "accepted": report.events_accepted,
+            "on_topic": on_topic,
+            "failed_calls": report.failed_calls,
+            "p50_ms": cuts[49] * 1000,
+            "p99_ms": cuts[98] * 1000,
         }
         rows.append(row)
         results[f"rate_{int(rate)}"] = {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}
@@ -94,11 +100,15 @@ async def run(arguments: argparse.Namespace, broker: EmbeddedBroker) -> dict[str
     await client.stop()
     results["direct_produce_per_s"] = round(direct)
 
-    print(f"{'target ev/s':>12}{'accepted ev/s':>15}{'sent':>9}{'accepted':>10}{'on topic':>10}"
-          f"{'failed calls':>14}{'p50 ms':>9}{'p99 ms':>9}")
+    print(
+        f"{'target ev/s':>12}{'accepted ev/s':>15}{'sent':>9}{'accepted':>10}{'on topic':>10}"
+        f"{'failed calls':>14}{'p50 ms':>9}{'p99 ms':>9}"
+    )
     for row in rows:
-        print(f"{row['target']:>12,.0f}{row['accepted_per_s']:>15,.0f}{row['sent']:>9,}{row['accepted']:>10,}"
-              f"{row['on_topic']:>10,}{row['failed_calls']:>14}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}")
+        print(
+            f"{row['target']:>12,.0f}{row['accepted_per_s']:>15,.0f}{row['sent']:>9,}{row['accepted']:>10,}"
+            f"{row['on_topic']:>10,}{row['failed_calls']:>14}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
+        )
     print(f"{'baseline':>12}{direct:>15,.0f}  events/s produced straight to the topic with aiokafka")
     return results
 

@@ -22,13 +22,14 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from intent.datasets import diginetica_events, rees46_events  # noqa: E402
-from intent.events import event_from_dict  # noqa: E402
-from intent.model import IntentModel  # noqa: E402
-from intent.settings import Settings  # noqa: E402
-from intent.tracking import IntentTracker  # noqa: E402
-from intent.window import DictWindowStore, WindowPolicy, session_key  # noqa: E402
-from training.simulate import Simulator  # noqa: E402
+from intent.datasets import diginetica_events, rees46_events
+from intent.events import event_from_dict
+from intent.model import IntentModel
+from intent.settings import Settings
+from intent.stores import DictStore
+from intent.tracking import IntentTracker
+from intent.window import WindowPolicy, session_key
+from training.simulate import Simulator
 
 TOO_SHORT = 3
 BATCH = 500
@@ -40,7 +41,7 @@ def run(name: str, raw_events: list[dict[str, Any]], model: IntentModel) -> dict
     known_vocabulary = sum(
         1 for e in events if e.category is not None and e.category in model.featurizer.vocabulary.categories
     )
-    tracker = IntentTracker(model, WindowPolicy(), DictWindowStore(), DictWindowStore())
+    tracker = IntentTracker(model, WindowPolicy(), DictStore(), DictStore())
     changes = []
     started = time.perf_counter()
     for start in range(0, len(events), BATCH):
@@ -72,11 +73,16 @@ def main() -> None:
             rows.append(run(name, list(reader(arguments.data / folder)), model))
         else:
             print(f"{name}: skipped, no folder at {arguments.data / folder}")
-    print(f"{'dataset':<22}{'events':>8}{'sessions':>9}{'events/s':>10}{'changes/1k':>11}{'short':>7}{'in vocab':>9}  top intents")
+    print(
+        f"{'dataset':<22}{'events':>8}{'sessions':>9}{'events/s':>10}{'changes/1k':>11}{'short':>7}"
+        f"{'in vocab':>9}  top intents"
+    )
     for row in rows:
-        print(f"{row['dataset']:<22}{row['events']:>8,}{row['sessions']:>9,}{row['events_per_s']:>10,}"
-              f"{row['changes_per_1k_events']:>11}{row['short_session_share']:>7.0%}"
-              f"{row['categories_in_vocabulary']:>9.0%}  {row['top_intents']}")
+        print(
+            f"{row['dataset']:<22}{row['events']:>8,}{row['sessions']:>9,}{row['events_per_s']:>10,}"
+            f"{row['changes_per_1k_events']:>11}{row['short_session_share']:>7.0%}"
+            f"{row['categories_in_vocabulary']:>9.0%}  {row['top_intents']}"
+        )
     print(orjson.dumps(rows).decode())
 
 

@@ -32,13 +32,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from intent.app import create_worker, faust_settings  # noqa: E402
-from intent.broker import EmbeddedBroker  # noqa: E402
-from intent.events import parse_event  # noqa: E402
-from intent.kafka import ensure_topics, producer  # noqa: E402
-from intent.model import IntentModel  # noqa: E402
-from intent.settings import Settings  # noqa: E402
-from training.simulate import Simulator, coffee_tea_cold_story  # noqa: E402
+from intent.app import create_worker, faust_settings
+from intent.broker import EmbeddedBroker
+from intent.events import parse_event
+from intent.kafka import ensure_topics, producer
+from intent.model import IntentModel
+from intent.settings import Settings
+from training.simulate import Simulator, coffee_tea_cold_story
 
 PARTITIONS = 4
 
@@ -64,10 +64,7 @@ def simulated_events(count: int, seed: int) -> list[tuple[bytes, bytes]]:
         shoppers = [shoppers[0], *simulator.shoppers(size)]
         size *= 2
     events = sorted((event for shopper in shoppers for event in shopper.events), key=lambda e: e["timestamp"])
-    return [
-        ((event.get("userId") or event["anonymousId"]).encode(), orjson.dumps(event))
-        for event in events[:count]
-    ]
+    return [((event.get("userId") or event["anonymousId"]).encode(), orjson.dumps(event)) for event in events[:count]]
 
 
 async def produce(bootstrap_servers: str, topic: str, events: list[tuple[bytes, bytes]]) -> float:
@@ -140,7 +137,7 @@ def plain_faust_app(url: str, topic_name: str, batched: bool, settings: Settings
     else:
 
         @app.agent(topic)
-        async def passthrough(stream: faust.StreamT) -> None:  # noqa: F811  (one per app)
+        async def passthrough(stream: faust.StreamT) -> None:
             async for _ in stream:
                 seen[0] += 1
 
@@ -185,9 +182,7 @@ async def benchmark(arguments: argparse.Namespace, bootstrap_servers: str) -> di
         data_dir=Path(arguments.data_dir) / run_id,
     )
     base.data_dir.mkdir(parents=True, exist_ok=True)
-    await ensure_topics(
-        bootstrap_servers, [topic, base.changes_topic, base.dead_letter_topic], PARTITIONS
-    )
+    await ensure_topics(bootstrap_servers, [topic, base.changes_topic, base.dead_letter_topic], PARTITIONS)
     print(f"simulating {arguments.events:,} events ...", flush=True)
     events = simulated_events(arguments.events, seed=arguments.seed)
     seconds = await produce(bootstrap_servers, topic, events)
@@ -225,15 +220,23 @@ async def benchmark(arguments: argparse.Namespace, bootstrap_servers: str) -> di
             f"{result.startup_seconds:>11.1f}"
         )
     print()
-    print(f"detector: {stats.events:,} events in {stats.batches:,} micro-batches "
-          f"(mean {stats.events / max(1, stats.batches):.0f} events), {stats.model_calls:,} model calls, "
-          f"{stats.intent_changes:,} intent changes")
-    print(f"detector: onnxruntime {stats.model_seconds * 1000 / max(1, stats.batches):.2f} ms per micro-batch, "
-          f"{stats.model_seconds / run:.0%} of the run")
-    print("step model, one call: " + ", ".join(f"batch {size}: {ms:.3f} ms ({ms * 1000 / size:.1f} µs/event)"
-                                              for size, ms in per_batch.items()))
-    print(f"state: {len(session_sizes):,} session windows, mean {statistics.fmean(session_sizes):,.0f} bytes; "
-          f"{len(shopper_sizes):,} shopper windows, mean {statistics.fmean(shopper_sizes):,.0f} bytes")
+    print(
+        f"detector: {stats.events:,} events in {stats.batches:,} micro-batches "
+        f"(mean {stats.events / max(1, stats.batches):.0f} events), {stats.model_calls:,} model calls, "
+        f"{stats.intent_changes:,} intent changes"
+    )
+    print(
+        f"detector: onnxruntime {stats.model_seconds * 1000 / max(1, stats.batches):.2f} ms per micro-batch, "
+        f"{stats.model_seconds / run:.0%} of the run"
+    )
+    print(
+        "step model, one call: "
+        + ", ".join(f"batch {size}: {ms:.3f} ms ({ms * 1000 / size:.1f} µs/event)" for size, ms in per_batch.items())
+    )
+    print(
+        f"state: {len(session_sizes):,} session windows, mean {statistics.fmean(session_sizes):,.0f} bytes; "
+        f"{len(shopper_sizes):,} shopper windows, mean {statistics.fmean(shopper_sizes):,.0f} bytes"
+    )
     return {
         "events": count,
         "raw_events_per_s": round(results["raw"].rate),

@@ -30,10 +30,10 @@ from aiokafka import AIOKafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.throughput import free_port, simulated_events  # noqa: E402
-from intent.broker import EmbeddedBroker  # noqa: E402
-from intent.kafka import ensure_topics, producer  # noqa: E402
-from intent.settings import REPO_DIR  # noqa: E402
+from benchmarks.throughput import free_port, simulated_events
+from intent.broker import EmbeddedBroker
+from intent.kafka import ensure_topics, producer
+from intent.settings import REPO_DIR
 
 TOKEN = "benchmark"
 
@@ -155,20 +155,30 @@ async def run(arguments: argparse.Namespace, broker: EmbeddedBroker) -> dict[str
         "event -> webhook": percentiles([webhook_arrivals[m] - sent[m] for m in triggers if m in webhook_arrivals]),
     }
     print()
-    print(f"input rate achieved: {achieved:,.0f} events/s over {count:,} events; "
-          f"{len(triggers):,} intent changes, {len(webhook_arrivals):,} webhooks received")
+    print(
+        f"input rate achieved: {achieved:,.0f} events/s over {count:,} events; "
+        f"{len(triggers):,} intent changes, {len(webhook_arrivals):,} webhooks received"
+    )
     print(f"{'latency':<26}{'count':>8}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}")
     for name, figures in rows.items():
-        print(f"{name:<26}{figures['count']:>8,}{figures['p50_ms']:>10.1f}{figures['p90_ms']:>10.1f}{figures['p99_ms']:>10.1f}")
+        print(
+            f"{name:<26}{figures['count']:>8,}{figures['p50_ms']:>10.1f}{figures['p90_ms']:>10.1f}{figures['p99_ms']:>10.1f}"
+        )
     return {
         "rate": round(achieved),
         "events": count,
         "intent_changes": len(triggers),
         "webhooks": len(webhook_arrivals),
-        **{f"{key}_{stat}": round(value, 1) for key, figures in
-           (("broker", rows["broker round trip"]), ("detection", rows["event -> intent-changes"]),
-            ("webhook", rows["event -> webhook"]))
-           for stat, value in figures.items() if stat != "count"},
+        **{
+            f"{key}_{stat}": round(value, 1)
+            for key, figures in (
+                ("broker", rows["broker round trip"]),
+                ("detection", rows["event -> intent-changes"]),
+                ("webhook", rows["event -> webhook"]),
+            )
+            for stat, value in figures.items()
+            if stat != "count"
+        },
     }
 
 

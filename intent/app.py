@@ -13,9 +13,9 @@ import asyncio
 import base64
 import logging
 import time
-from datetime import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import faust
@@ -23,8 +23,8 @@ import mode
 import orjson
 from faust.types import EventT
 
-from intent.events import InvalidEvent, ShopperEvent, iso_time, parse_event
 from intent import observability as metrics
+from intent.events import InvalidEvent, ShopperEvent, iso_time, parse_event
 from intent.model import IntentModel
 from intent.policy import DeliveryPolicy, webhook_payload
 from intent.settings import Settings
@@ -125,9 +125,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
     shoppers = app.Table("shopper-windows", key_type=str, value_type=bytes)
 
     def owned_partitions() -> set[int]:
-        return {
-            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source.get_topic_name()
-        }
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source.get_topic_name()}
 
     policy = WindowPolicy(
         session_events=settings.session_window_events,
@@ -138,11 +136,16 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
     taxonomy = load_taxonomy()
     crowd = CrowdCounts(settings.crowd_half_life_hours * 3600)
     suggester = Suggester(
-        taxonomy, load_catalogue(), MerchandisingRules.load(settings.merchandising_rules), crowd,
+        taxonomy,
+        load_catalogue(),
+        MerchandisingRules.load(settings.merchandising_rules),
+        crowd,
         settings.suggestions_max,
     )
     delivery_policy = DeliveryPolicy(
-        settings.holdout_share, settings.holdout_salt, settings.frequency_cap_count,
+        settings.holdout_share,
+        settings.holdout_salt,
+        settings.frequency_cap_count,
         settings.frequency_cap_hours * 3600,
     )
 
@@ -187,8 +190,9 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
 
     async def disable(subscription: Subscription, reason: str) -> None:
         await subscriptions.put(replace(subscription, disabled_reason=reason))
-        log.warning("disabled subscription %s: %s", subscription.id, reason,
-                    extra={"ids": {"subscription_id": subscription.id}})
+        log.warning(
+            "disabled subscription %s: %s", subscription.id, reason, extra={"ids": {"subscription_id": subscription.id}}
+        )
 
     deliverer = Deliverer(
         subscriptions.registry,
@@ -201,8 +205,18 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
         disable=disable,
     )
     worker = IntentWorker(
-        app, settings, tracker, events_topic, changes_topic, dead_letter_topic, sessions, shoppers,
-        subscriptions, deliverer, delivery_policy, crowd,
+        app,
+        settings,
+        tracker,
+        events_topic,
+        changes_topic,
+        dead_letter_topic,
+        sessions,
+        shoppers,
+        subscriptions,
+        deliverer,
+        delivery_policy,
+        crowd,
     )
     caps_store = TableStore(caps, owned_change_partitions)
 
@@ -215,8 +229,12 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
             event_time = datetime.fromisoformat(change["event_time"]).timestamp()
             decision = delivery_policy.decide(change, caps_store.get(shopper), event_time)
             if not decision.deliver:
-                log.info("intent change %s not delivered: %s", change["id"], decision.reason,
-                         extra={"ids": {"change_id": change["id"], "shopper_id": shopper}})
+                log.info(
+                    "intent change %s not delivered: %s",
+                    change["id"],
+                    decision.reason,
+                    extra={"ids": {"change_id": change["id"], "shopper_id": shopper}},
+                )
                 continue
             assert decision.cap_state is not None
             caps_store.put(shopper, decision.cap_state, event.message.partition)
@@ -275,9 +293,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
         return {
             "model_loaded": tracker.model is not None,
             "broker_connected": app.producer.started and not app.rebalancing,
-            "partitions_assigned": any(
-                tp.topic == source.get_topic_name() for tp in app.assignor.assigned_actives()
-            ),
+            "partitions_assigned": any(tp.topic == source.get_topic_name() for tp in app.assignor.assigned_actives()),
         }
 
     def status() -> dict[str, Any]:
@@ -303,9 +319,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
     return worker
 
 
-def _parse_batch(
-    batch: list[EventT], settings: Settings
-) -> Iterator[tuple[EventT, ShopperEvent | str]]:
+def _parse_batch(batch: list[EventT], settings: Settings) -> Iterator[tuple[EventT, ShopperEvent | str]]:
     """Each event with its parsed form, or the reason it was rejected."""
     for event in batch:
         raw = event.value
@@ -361,8 +375,13 @@ async def handle_batch(worker: IntentWorker, batch: list[EventT]) -> None:
             (change["from_intent"] or {}).get("id", "none"),
             change["to_intent"]["id"],
             change["to_intent"]["confidence"],
-            extra={"ids": {"change_id": change["id"], "shopper_id": change["shopper_id"],
-                           "message_id": change["trigger_message_id"]}},
+            extra={
+                "ids": {
+                    "change_id": change["id"],
+                    "shopper_id": change["shopper_id"],
+                    "message_id": change["trigger_message_id"],
+                }
+            },
         )
     # Windows are stored only once the changes they caused are on the broker: see intent.tracking.
     if deliveries:
@@ -385,6 +404,10 @@ async def _dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> None:
     await topic.send(key=message.key if isinstance(message.key, bytes) else None, value=orjson.dumps(record))
     metrics.DEAD_LETTERS.labels(topic.get_topic_name()).inc()
     log.warning(
-        "dead-lettered %s/%s/%s: %s", message.topic, message.partition, message.offset, reason,
+        "dead-lettered %s/%s/%s: %s",
+        message.topic,
+        message.partition,
+        message.offset,
+        reason,
         extra={"ids": {"topic": message.topic, "partition": message.partition, "offset": message.offset}},
     )

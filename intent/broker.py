@@ -187,9 +187,7 @@ def _probe(server: str, timeout: float) -> None:
         # Reply: size, correlation id, then the broker array's length.
         _size, correlation_id, brokers = struct.unpack(">iii", _read_exactly(sock, 12))
     if correlation_id != 1 or brokers < 1:
-        raise ValueError(
-            f"unexpected metadata reply: correlation {correlation_id}, {brokers} brokers"
-        )
+        raise ValueError(f"unexpected metadata reply: correlation {correlation_id}, {brokers} brokers")
 
 
 def _read_exactly(sock: socket.socket, count: int) -> bytes:

@@ -22,9 +22,7 @@ TOP_INTENTS = 3
 _EVIDENCE_FIELDS = {"e": "event", "pn": "name", "p": "product_id", "c": "category", "qy": "query", "pr": "price"}
 
 
-def intent_changed_id(
-    scope: str, window_key: str, message_id: str, shift: Shift, model_version: str
-) -> str:
+def intent_changed_id(scope: str, window_key: str, message_id: str, shift: Shift, model_version: str) -> str:
     cause = f"{scope}|{window_key}|{message_id}|{shift.from_intent}|{shift.to_intent}|{model_version}"
     return "ic_" + hashlib.sha256(cause.encode()).hexdigest()[:32]
 

@@ -61,8 +61,12 @@ def command_worker(arguments: argparse.Namespace, settings: Settings) -> None:
         asyncio.run(
             ensure_topics(
                 settings.bootstrap_servers,
-                [settings.events_topic, settings.changes_topic, settings.dead_letter_topic,
-                 settings.webhook_dead_letter_topic],
+                [
+                    settings.events_topic,
+                    settings.changes_topic,
+                    settings.dead_letter_topic,
+                    settings.webhook_dead_letter_topic,
+                ],
                 settings.topic_partitions,
             )
         )
@@ -110,8 +114,10 @@ def command_webhooks_replay(arguments: argparse.Namespace, settings: Settings) -
                 allow_private_urls=settings.webhook_allow_private_urls,
             )
         )
-    print(f"re-sent dead letters: {report.delivered} delivered, {report.failed} failed again, "
-          f"{report.skipped} skipped (subscription deleted or disabled)")
+    print(
+        f"re-sent dead letters: {report.delivered} delivered, {report.failed} failed again, "
+        f"{report.skipped} skipped (subscription deleted or disabled)"
+    )
     sys.exit(1 if report.failed else 0)
 
 
@@ -128,8 +134,11 @@ def command_receiver(arguments: argparse.Namespace, settings: Settings) -> None:
     if not settings.api_token_list:
         sys.exit("intent receiver needs INTENT_API_TOKENS to subscribe itself")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_receiver(arguments.host, arguments.port, arguments.api, settings.api_token_list[0],
-                                 arguments.public_url))
+        asyncio.run(
+            run_receiver(
+                arguments.host, arguments.port, arguments.api, settings.api_token_list[0], arguments.public_url
+            )
+        )
 
 
 def command_loadgen(arguments: argparse.Namespace, settings: Settings) -> None:
@@ -139,10 +148,16 @@ def command_loadgen(arguments: argparse.Namespace, settings: Settings) -> None:
     if write_key is None:
         sys.exit("intent loadgen needs INTENT_WRITE_KEYS (the collector's write key)")
     while True:
-        report = asyncio.run(send_load(arguments.collector, write_key, simulated_messages(arguments.shoppers,
-                                       arguments.seed), arguments.rate))
-        print(f"sent {report.events_sent:,} events in {report.seconds:.0f} s; {report.events_accepted:,} accepted, "
-              f"{report.failed_calls} failed calls", flush=True)
+        report = asyncio.run(
+            send_load(
+                arguments.collector, write_key, simulated_messages(arguments.shoppers, arguments.seed), arguments.rate
+            )
+        )
+        print(
+            f"sent {report.events_sent:,} events in {report.seconds:.0f} s; {report.events_accepted:,} accepted, "
+            f"{report.failed_calls} failed calls",
+            flush=True,
+        )
         if not arguments.forever:
             return
         arguments.seed += 1
@@ -174,10 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="send events from a file or a public dataset to the events topic")
     replay.add_argument("file", help="a JSONL file, or the dataset's folder or CSV for --format diginetica|rees46")
-    replay.add_argument("--format", choices=FORMATS, default="jsonl",
-                        help="jsonl (our format), diginetica (CIKM Cup 2016) or rees46 (see intent/datasets.py)")
-    replay.add_argument("--speed", type=float, default=0.0,
-                        help="keep the events' timing, this many times faster (default: no waiting)")
+    replay.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="jsonl",
+        help="jsonl (our format), diginetica (CIKM Cup 2016) or rees46 (see intent/datasets.py)",
+    )
+    replay.add_argument(
+        "--speed", type=float, default=0.0, help="keep the events' timing, this many times faster (default: no waiting)"
+    )
     replay.add_argument("--topic", help="default: INTENT_EVENTS_TOPIC")
     replay.set_defaults(handler=command_replay)
 
@@ -190,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     receiver.add_argument("--host", default="0.0.0.0")
     receiver.add_argument("--port", type=int, default=9000)
     receiver.add_argument("--api", default="http://127.0.0.1:6066", help="a worker's base URL")
-    receiver.add_argument("--public-url", default="http://127.0.0.1:9000/hooks",
-                          help="the URL the workers reach this receiver at")
+    receiver.add_argument(
+        "--public-url", default="http://127.0.0.1:9000/hooks", help="the URL the workers reach this receiver at"
+    )
     receiver.set_defaults(handler=command_receiver)
 
     loadgen = commands.add_parser("loadgen", help="send simulated shoppers through the collector at a rate")

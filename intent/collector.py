@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import time
 from collections import OrderedDict
@@ -82,10 +83,8 @@ class Collector:
         offered = []
         header = request.headers.get("Authorization", "")
         if header.lower().startswith("basic "):
-            try:
+            with contextlib.suppress(ValueError, UnicodeDecodeError):  # a malformed header offers nothing
                 offered.append(base64.b64decode(header[6:]).decode().split(":", 1)[0])
-            except (ValueError, UnicodeDecodeError):
-                pass
         if body is not None and isinstance(body.get("writeKey"), str):
             offered.append(body["writeKey"])
         return any(hmac.compare_digest(key.encode(), known.encode()) for key in offered for known in self.write_keys)
@@ -93,13 +92,21 @@ class Collector:
     async def handle(self, request: web.Request, kind: str) -> web.Response:
         raw = await request.content.read(self.settings.collector_max_batch_bytes + 1)
         if len(raw) > self.settings.collector_max_batch_bytes:
-            return _answer(413, {"code": "too_large", "message": f"a call is limited to {self.settings.collector_max_batch_bytes} bytes"})
+            return _answer(
+                413,
+                {
+                    "code": "too_large",
+                    "message": f"a call is limited to {self.settings.collector_max_batch_bytes} bytes",
+                },
+            )
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
         if not self.authorised(request, body if isinstance(body, dict) else None):
-            return _answer(401, {"code": "unauthorized", "message": "a valid write key is required (basic auth user or writeKey)"})
+            return _answer(
+                401, {"code": "unauthorized", "message": "a valid write key is required (basic auth user or writeKey)"}
+            )
         if not isinstance(body, dict):
             return _answer(400, {"code": "invalid_request", "message": "the body must be a JSON object"})
         if kind == "batch":
@@ -192,8 +199,14 @@ def create_collector_app(settings: Settings, producer_: AIOKafkaProducer) -> tup
     collector = Collector(settings, producer_)
     app = web.Application(client_max_size=settings.collector_max_batch_bytes + 1024)
     for path, kind in (
-        ("track", "track"), ("page", "page"), ("identify", "identify"), ("screen", "screen"), ("batch", "batch"),
-        ("t", "track"), ("p", "page"), ("i", "identify"),  # the short paths some libraries use
+        ("track", "track"),
+        ("page", "page"),
+        ("identify", "identify"),
+        ("screen", "screen"),
+        ("batch", "batch"),
+        ("t", "track"),
+        ("p", "page"),
+        ("i", "identify"),  # the short paths some libraries use
     ):
         app.router.add_post(f"/v1/{path}", _route(collector, kind))
     add_health_routes(app, lambda: {"broker_connected": collector.identity_topic.started})

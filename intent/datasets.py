@@ -72,11 +72,31 @@ def diginetica_events(folder: Path) -> Iterator[dict[str, Any]]:
     def session_events(session: str, views: list[tuple[int, dict[str, str]]]) -> list[dict[str, Any]]:
         events = []
         for number, row in views:
-            events.append(_diginetica_event(session, row["user_id"], row["item_id"], row["timeframe"],
-                                            row["eventdate"], "view", number, categories))
+            events.append(
+                _diginetica_event(
+                    session,
+                    row["user_id"],
+                    row["item_id"],
+                    row["timeframe"],
+                    row["eventdate"],
+                    "view",
+                    number,
+                    categories,
+                )
+            )
         for number, row in enumerate(purchases.get(session, [])):
-            events.append(_diginetica_event(session, row["userId"], row["itemId"], row["timeframe"],
-                                            row["eventdate"], "order", number, categories))
+            events.append(
+                _diginetica_event(
+                    session,
+                    row["userId"],
+                    row["itemId"],
+                    row["timeframe"],
+                    row["eventdate"],
+                    "order",
+                    number,
+                    categories,
+                )
+            )
         events.sort(key=lambda e: e["timestamp"])
         return events
 
@@ -94,7 +114,13 @@ def diginetica_events(folder: Path) -> Iterator[dict[str, Any]]:
 
 
 def _diginetica_event(
-    session: str, user: str, item: str, timeframe: str, day: str, kind: str, number: int,
+    session: str,
+    user: str,
+    item: str,
+    timeframe: str,
+    day: str,
+    kind: str,
+    number: int,
     categories: dict[str, str],
 ) -> dict[str, Any]:
     at = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(milliseconds=int(timeframe))

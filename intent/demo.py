@@ -31,7 +31,8 @@ from intent.settings import Settings
 from intent.webhooks.signing import SignatureError, verify
 
 MALFORMED = [
-    b'{"event": "Product Viewed", "userId": "broken-1", "timestamp": "2026-01-28T11:00:00Z", "properties": {"price": "cheap"}}',
+    b'{"event": "Product Viewed", "userId": "broken-1", "timestamp": "2026-01-28T11:00:00Z",'
+    b' "properties": {"price": "cheap"}}',
     b"this is not JSON",
     b'{"event": "Product Viewed", "timestamp": "2026-01-28T11:00:00Z"}',
 ]
@@ -42,9 +43,7 @@ def demo_events(shoppers: int) -> list[bytes]:
 
     simulator = Simulator(seed=2026)
     people = [coffee_tea_cold_story(simulator.world), *simulator.shoppers(shoppers)]
-    events = sorted(
-        (event for person in people for event in person.events), key=lambda e: e["timestamp"]
-    )
+    events = sorted((event for person in people for event in person.events), key=lambda e: e["timestamp"])
     lines = [orjson.dumps(event) for event in events]
     # The malformed events go in among the good ones: the good ones around them must still count.
     for position, raw in zip((len(lines) // 4, len(lines) // 2, 3 * len(lines) // 4), MALFORMED, strict=True):
@@ -72,19 +71,24 @@ class DemoReceiver:
         self.received.append(payload)
         if payload.get("type") == "intent.changed":
             offers = ", ".join(s["name"] for s in payload["suggestions"][:3]) or "(holdout: none)"
-            print(f"  webhook {payload['shopper_id']:<24} {payload['to_intent']['id']:<17} signature ok; "
-                  f"suggests {offers}", flush=True)
+            print(
+                f"  webhook {payload['shopper_id']:<24} {payload['to_intent']['id']:<17} signature ok; "
+                f"suggests {offers}",
+                flush=True,
+            )
         return web.Response(status=204)
 
 
-async def subscribe(api_url: str, token: str, url: str, timeout: float) -> dict[str, Any]:
+async def subscribe(
+    api_url: str, token: str, url: str, timeout: float, intents: list[str] | None = None
+) -> dict[str, Any]:
     """Subscribe `url` through a worker's API once it serves (it answers 503 while starting)."""
     async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
         while True:
             try:
                 async with http.post(
                     f"{api_url}/v1/subscriptions",
-                    json={"url": url, "description": "intent demo receiver"},
+                    json={"url": url, "description": "intent demo receiver", "intents": intents or []},
                     headers={"Authorization": f"Bearer {token}"},
                 ) as response:
                     if response.status == 201:
@@ -123,9 +127,7 @@ def _free_port() -> int:
 
 def describe(change: dict[str, Any]) -> str:
     source = change["from_intent"]["id"] if change["from_intent"] else "(no intent)"
-    trigger = next(
-        (e.get("name") or e.get("query") or e["event"] for e in reversed(change["evidence"])), ""
-    )
+    trigger = next((e.get("name") or e.get("query") or e["event"] for e in reversed(change["evidence"])), "")
     return (
         f"  shift  {change['shopper_id']:<24} {source:>17} -> {change['to_intent']['id']:<17} "
         f"{change['to_intent']['confidence']:.2f}  after {trigger!r} ({change['event_time'][:16]})"
@@ -148,8 +150,10 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
     )
     web_port, token = _free_port(), uuid.uuid4().hex
     lines = demo_events(shoppers)
-    print(f"intent demo: {len(lines):,} events from {shoppers + 1} shoppers "
-          f"(the coffee -> tea -> cold story among them) on {bootstrap}")
+    print(
+        f"intent demo: {len(lines):,} events from {shoppers + 1} shoppers "
+        f"(the coffee -> tea -> cold story among them) on {bootstrap}"
+    )
 
     with tempfile.TemporaryDirectory(prefix="intent-demo-") as data_dir:
         environment = {
@@ -174,8 +178,11 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
         changes: list[dict[str, Any]] = []
         dead_letters: list[dict[str, Any]] = []
         consumer = AIOKafkaConsumer(
-            topics["INTENT_CHANGES_TOPIC"], topics["INTENT_DEAD_LETTER_TOPIC"],
-            bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+            topics["INTENT_CHANGES_TOPIC"],
+            topics["INTENT_DEAD_LETTER_TOPIC"],
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            group_id=None,
         )
         await consumer.start()
 
@@ -225,12 +232,16 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
     print(f"  events processed      {report.sent - len(dead_letters):,} of {report.sent:,} in {elapsed:.1f} s")
     print(f"  dead-lettered         {len(dead_letters)} (malformed on purpose: {len(MALFORMED)})")
     print(f"  intent shifts         {len(changes)}: " + ", ".join(f"{k} {v}" for k, v in by_intent.most_common()))
-    print(f"  webhooks received     {len(webhooks)} signed and verified ({receiver.bad_signatures} bad); the "
-          f"rest suppressed by consent or the frequency cap, or held out")
+    print(
+        f"  webhooks received     {len(webhooks)} signed and verified ({receiver.bad_signatures} bad); the "
+        f"rest suppressed by consent or the frequency cap, or held out"
+    )
     story_webhook = next((w for w in webhooks if cold and w["id"] == cold["id"]), None)
     if cold:
-        print(f"  the story             coffee_ritual -> cold_flu_care detected at {cold['event_time']} "
-              f"after {cold['evidence'][-1].get('name') or cold['evidence'][-1].get('query')!r}")
+        print(
+            f"  the story             coffee_ritual -> cold_flu_care detected at {cold['event_time']} "
+            f"after {cold['evidence'][-1].get('name') or cold['evidence'][-1].get('query')!r}"
+        )
     else:
         print("  the story             the cold & flu shift was NOT detected")
     if story_webhook:

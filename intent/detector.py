@@ -3,14 +3,18 @@
 The detector holds a committed intent per window. It moves to a new intent when that intent is
 the most likely actionable one with probability >= `enter_threshold` for `confirm_events`
 consecutive events, or at once when its probability reaches `instant_threshold` (strong evidence
-should not wait; weak evidence must repeat before anyone is notified). "Browsing" is never committed to: a shopper who wanders off keeps their intent
-until another one clearly takes over, so a stray event or a quiet spell raises no alarm.
+should not wait; weak evidence must repeat before anyone is notified). "Browsing" is never
+committed to: a shopper who wanders off keeps their intent until another one clearly takes over,
+so a stray event or a quiet spell raises no alarm.
 The same code scores the model in training and decides in the stream.
 
 >>> detector = ShiftDetector(DetectorConfig(0.6, 2, instant_threshold=0.95), browsing=0)
 >>> state = DetectorState()
->>> [detector.update(state, p) for p in ([0.1, 0.8, 0.1], [0.1, 0.7, 0.2], [0.0, 0.02, 0.98])]
-[None, Shift(from_intent=None, to_intent=1, from_confidence=0.0, to_confidence=0.7), Shift(from_intent=1, to_intent=2, from_confidence=0.02, to_confidence=0.98)]
+>>> for p in ([0.1, 0.8, 0.1], [0.1, 0.7, 0.2], [0.0, 0.02, 0.98]):
+...     print(detector.update(state, p))
+None
+Shift(from_intent=None, to_intent=1, from_confidence=0.0, to_confidence=0.7)
+Shift(from_intent=1, to_intent=2, from_confidence=0.02, to_confidence=0.98)
 """
 
 from __future__ import annotations
@@ -37,9 +41,7 @@ class DetectorConfig:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> DetectorConfig:
-        return cls(
-            float(raw["enter_threshold"]), int(raw["confirm_events"]), float(raw["instant_threshold"])
-        )
+        return cls(float(raw["enter_threshold"]), int(raw["confirm_events"]), float(raw["instant_threshold"]))
 
 
 @dataclass(slots=True)

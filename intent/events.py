@@ -239,15 +239,11 @@ def _personalization(preferences: dict[str, Any]) -> bool | None:
     for key, value in preferences.items():
         if key.lower() in ("personalization", "personalisation"):
             if not isinstance(value, bool):
-                raise InvalidEvent(
-                    f"context.consent.categoryPreferences.{key}: expected true or false"
-                )
+                raise InvalidEvent(f"context.consent.categoryPreferences.{key}: expected true or false")
             return value
     return None
 
 
 def iso_time(timestamp: float) -> str:
     """Seconds since the epoch as the ISO-8601 UTC form the event format uses."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

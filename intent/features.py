@@ -194,9 +194,7 @@ def _local_hour(event: ShopperEvent) -> int:
     return datetime.fromtimestamp(event.timestamp, zone).hour
 
 
-def padded_batches(
-    sequences: Sequence[np.ndarray], batch_size: int
-) -> list[tuple[list[int], np.ndarray]]:
+def padded_batches(sequences: Sequence[np.ndarray], batch_size: int) -> list[tuple[list[int], np.ndarray]]:
     """Group encoded sequences of similar length into zero-padded (batch, time, columns) arrays.
 
     Returns (positions of the sequences in the input, array) pairs. Padding goes at the end, so a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -24,19 +25,16 @@ async def ensure_topics(
             if name not in existing
         ]
         if missing:
-            try:
+            # another process may create one between our list and our create
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process created it between our list and our create
     finally:
         await admin.close()
 
 
 def producer(bootstrap_servers: str) -> AIOKafkaProducer:
     # acks=all: an event we say we sent is on the broker. Batching keeps replay fast.
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5, max_batch_size=262_144
-    )
+    return AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5, max_batch_size=262_144)
 
 
 async def consumer_lag(bootstrap_servers: str, group_id: str, topic: str) -> int:
@@ -45,9 +43,7 @@ async def consumer_lag(bootstrap_servers: str, group_id: str, topic: str) -> int
     Asked through a consumer of the group that never subscribes, so it does not join the group:
     the embedded broker does not answer the admin client's form of the same request.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]

@@ -48,7 +48,9 @@ INTENT_CHANGES = Counter(
     "intent_changes_total", "IntentChanged events emitted, by new intent.", ["intent"], registry=REGISTRY
 )
 CONSUMER_LAG = Gauge(
-    "intent_consumer_lag", "Events of the input not yet read, per assigned partition.", ["partition"],
+    "intent_consumer_lag",
+    "Events of the input not yet read, per assigned partition.",
+    ["partition"],
     registry=REGISTRY,
 )
 WEBHOOK_ATTEMPTS = Counter(
@@ -125,8 +127,7 @@ class JsonLogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

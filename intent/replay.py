@@ -41,9 +41,7 @@ def shopper_key(raw: bytes) -> tuple[bytes | None, float | None]:
     return event.shopper_id.encode(), event.timestamp
 
 
-async def replay(
-    lines: Iterable[bytes], bootstrap_servers: str, topic: str, speed: float = 0.0
-) -> ReplayReport:
+async def replay(lines: Iterable[bytes], bootstrap_servers: str, topic: str, speed: float = 0.0) -> ReplayReport:
     """Send each line; with `speed` > 0 keep the events' timing, `speed` times faster."""
     report = ReplayReport()
     started = time.perf_counter()

@@ -37,14 +37,10 @@ class Settings(BaseSettings):
         REPO_DIR / "models" / "intent-gru",
         description="Model directory with `model.onnx`, `step.onnx` and `metadata.json`.",
     )
-    inference_threads: int = Field(
-        1, description="onnxruntime intra-op threads; one keeps the event loop's core free."
-    )
+    inference_threads: int = Field(1, description="onnxruntime intra-op threads; one keeps the event loop's core free.")
     events_topic: str = Field("shopper-events", description="Topic of incoming shopper events.")
     changes_topic: str = Field("intent-changes", description="Topic of IntentChanged events.")
-    dead_letter_topic: str = Field(
-        "shopper-events-dlq", description="Topic of rejected input, with the reason."
-    )
+    dead_letter_topic: str = Field("shopper-events-dlq", description="Topic of rejected input, with the reason.")
     topic_partitions: int = Field(4, description="Partitions of the topics the worker creates.")
     max_event_bytes: int = Field(32_768, description="Larger events are dead-lettered.")
     session_window_events: int = Field(50, description="Events kept per session.")
@@ -53,12 +49,8 @@ class Settings(BaseSettings):
     )
     shopper_window_events: int = Field(200, description="Events kept per known shopper.")
     shopper_window_days: float = Field(7.0, description="Days of events kept per known shopper.")
-    batch_max_events: int = Field(
-        500, description="Most events the worker takes from the stream for one model call."
-    )
-    batch_max_seconds: float = Field(
-        0.005, description="Longest wait to fill a micro-batch; bounds the added latency."
-    )
+    batch_max_events: int = Field(500, description="Most events the worker takes from the stream for one model call.")
+    batch_max_seconds: float = Field(0.005, description="Longest wait to fill a micro-batch; bounds the added latency.")
     repartition_input: bool = Field(
         False,
         description="Set when producers do not key events by shopper: an extra hop re-keys "
@@ -69,9 +61,7 @@ class Settings(BaseSettings):
         description="A worker silent for this long is dropped from the consumer group and its "
         "partitions move to the others: the failover time after a crash.",
     )
-    expiry_check_seconds: float = Field(
-        60.0, description="How often idle sessions and stale shopper events are swept."
-    )
+    expiry_check_seconds: float = Field(60.0, description="How often idle sessions and stale shopper events are swept.")
     api_tokens: str = Field(
         "", description="Comma-separated bearer tokens of the subscriptions API; empty: every call is refused."
     )
@@ -122,14 +112,11 @@ class Settings(BaseSettings):
         "shopper-identities", description="Compacted topic of anonymousId -> userId links from identify calls."
     )
     log_level: str = Field("INFO", description="Logging level.")
-    log_json: bool = Field(
-        True, description="Log one JSON object per line (with ids); false for plain text lines."
-    )
+    log_json: bool = Field(True, description="Log one JSON object per line (with ids); false for plain text lines.")
     shared_data_dir: Path = Field(
         REPO_DIR.parent / "shared" / "data",
         description="Folder with the public shopping-log samples used by replay and benchmarks.",
     )
-
 
     @property
     def api_token_list(self) -> tuple[str, ...]:

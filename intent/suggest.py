@@ -86,7 +86,9 @@ class CrowdCounts:
                     self._prune(neighbours, now)
         if len(self.pairs) > MAX_PRODUCTS:
             # forget the products whose strongest tie is weakest: they say the least
-            ranked = sorted(self.pairs, key=lambda p: max((self._decayed(e, now) for e in self.pairs[p].values()), default=0.0))
+            ranked = sorted(
+                self.pairs, key=lambda p: max((self._decayed(e, now) for e in self.pairs[p].values()), default=0.0)
+            )
             for stale in ranked[: len(self.pairs) - MAX_PRODUCTS]:
                 del self.pairs[stale]
 
@@ -123,7 +125,11 @@ class CrowdCounts:
 
 class Suggester:
     def __init__(
-        self, taxonomy: Taxonomy, catalogue: Sequence[Product], rules: MerchandisingRules, crowd: CrowdCounts,
+        self,
+        taxonomy: Taxonomy,
+        catalogue: Sequence[Product],
+        rules: MerchandisingRules,
+        crowd: CrowdCounts,
         max_items: int = 5,
     ) -> None:
         self.taxonomy = taxonomy
@@ -184,7 +190,10 @@ class Suggester:
             source_name = self.products[source].name if source in self.products else source
             bonus = crowd_weight * (1 - math.exp(-count))
             score, reasons = scored.get(neighbour, (0.0, []))
-            scored[neighbour] = (score + bonus, [*reasons, _reason("crowd", f"often bought or viewed with {source_name}")])
+            scored[neighbour] = (
+                score + bonus,
+                [*reasons, _reason("crowd", f"often bought or viewed with {source_name}")],
+            )
 
         pinned = [p for p in self.rules.pinned.get(intent_id, ()) if p in self.products and eligible(self.products[p])]
         ranked = sorted(scored, key=lambda pid: (-scored[pid][0], pid))
@@ -195,15 +204,17 @@ class Suggester:
             score, reasons = scored.get(product_id, (0.0, []))
             if product_id in pinned:
                 reasons = [_reason("pinned", f"pinned for {intent.label.lower()}"), *reasons]
-            suggestions.append({
-                "product_id": product.product_id,
-                "name": product.name,
-                "category": product.category,
-                "brand": product.brand,
-                "price": product.price,
-                "score": round(score, 4),
-                "reasons": reasons,
-            })
+            suggestions.append(
+                {
+                    "product_id": product.product_id,
+                    "name": product.name,
+                    "category": product.category,
+                    "brand": product.brand,
+                    "price": product.price,
+                    "score": round(score, 4),
+                    "reasons": reasons,
+                }
+            )
         return suggestions
 
 

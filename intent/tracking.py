@@ -24,8 +24,13 @@ import numpy as np
 from intent.changes import EVIDENCE_EVENTS, build_intent_changed
 from intent.detector import DetectorState, ShiftDetector
 from intent.events import ShopperEvent
+from intent.features import FEATURE_COLUMNS, OUT_OF_VOCABULARY
 from intent.model import IntentModel
-from intent.window import Window, WindowPolicy, WindowStore, expand, session_key
+from intent.stores import KeyValueStore
+from intent.window import Window, WindowPolicy, expand, session_key
+
+
+CATEGORY_COLUMN = FEATURE_COLUMNS.index("category")
 
 
 @dataclass(slots=True)
@@ -56,8 +61,8 @@ class IntentTracker:
         self,
         model: IntentModel,
         policy: WindowPolicy,
-        sessions: WindowStore,
-        shoppers: WindowStore,
+        sessions: KeyValueStore,
+        shoppers: KeyValueStore,
         clock: Callable[[], float] = time.time,
         observe_inference: Callable[[float], None] | None = None,
         observe_event: Callable[[ShopperEvent, list[dict[str, Any]]], None] | None = None,
@@ -100,9 +105,7 @@ class IntentTracker:
         for number, event in enumerate(events):
             self.event_time = max(self.event_time, event.timestamp)
             key = session_key(event)
-            session = self.policy.session_for(
-                session_windows.get(key) or _load(self.sessions, key), event
-            )
+            session = self.policy.session_for(session_windows.get(key) or _load(self.sessions, key), event)
             session_windows[key] = session
             if event.user_id:
                 scope, state_key = "shopper", event.user_id
@@ -129,9 +132,7 @@ class IntentTracker:
             steps_per_window[id(state)] += 1
             if position == len(rounds):
                 rounds.append([])
-            rounds[position].append(
-                _Step(event, state, scope, state_key, features, list(state.events))
-            )
+            rounds[position].append(_Step(event, state, scope, state_key, features, list(state.events)))
 
         changes = [change for steps in rounds for change in self._run_round(steps)]
         self.stats.events += len(events)
@@ -162,9 +163,13 @@ class IntentTracker:
             window = step.window
             window.set_hidden_state(state)
             window.model_version = self.model.version
-            detector_state = DetectorState.from_list(window.detector)
-            shift = self.detector.update(detector_state, distribution)
-            window.detector = detector_state.to_list()
+            shift = None
+            # An event whose category the model has never seen carries no evidence of intent (a
+            # shop's own, unmapped categories): it moves the model's state but not the detector.
+            if step.features[CATEGORY_COLUMN] != OUT_OF_VOCABULARY:
+                detector_state = DetectorState.from_list(window.detector)
+                shift = self.detector.update(detector_state, distribution)
+                window.detector = detector_state.to_list()
             if shift is not None:
                 change = build_intent_changed(
                     model=self.model,
@@ -195,7 +200,8 @@ class IntentTracker:
         detector_state = DetectorState()
         for row in features:
             probabilities, hidden = self.model.step(row[None, :], hidden)
-            self.detector.update(detector_state, probabilities[0])  # silently: history, not news
+            if row[CATEGORY_COLUMN] != OUT_OF_VOCABULARY:  # as in `_run_round`
+                self.detector.update(detector_state, probabilities[0])  # silently: history, not news
         window.set_hidden_state(hidden[0])
         window.detector = detector_state.to_list()
         window.model_version = self.model.version
@@ -209,9 +215,7 @@ class IntentTracker:
         self.stats.expired_shoppers += expired_shoppers
         return expired_sessions, expired_shoppers
 
-    def _expire(
-        self, store: WindowStore, expired: Callable[[Window, float, float], bool], now: float
-    ) -> int:
+    def _expire(self, store: KeyValueStore, expired: Callable[[Window, float, float], bool], now: float) -> int:
         count = 0
         for key, raw in store.items():
             window = Window.from_bytes(raw)
@@ -221,7 +225,7 @@ class IntentTracker:
         return count
 
 
-def _load(table: WindowStore, key: str) -> Window | None:
+def _load(table: KeyValueStore, key: str) -> Window | None:
     raw = table.get(key)
     return None if raw is None else Window.from_bytes(raw)
 

@@ -20,9 +20,8 @@ first, because a replayed stream moves event time faster than the clock.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import orjson
@@ -83,8 +82,17 @@ class Window:
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
-            [self.session_id, self.events, self.hidden, self.detector, self.model_version,
-             self.last_event_time, self.last_seen, self.partition, self.last_offset]
+            [
+                self.session_id,
+                self.events,
+                self.hidden,
+                self.detector,
+                self.model_version,
+                self.last_event_time,
+                self.last_seen,
+                self.partition,
+                self.last_offset,
+            ]
         )
 
     @classmethod
@@ -159,33 +167,3 @@ class WindowPolicy:
     def shopper_expired(self, window: Window, now: float, event_time: float) -> bool:
         span = self.shopper_days * 86400
         return now - window.last_seen > span or event_time - window.last_event_time > span
-
-
-class WindowStore(Protocol):
-    """Where windows live: a Faust table in the app (`intent.app.TableStore`), a dict in
-    tests and benchmarks."""
-
-    def get(self, key: str) -> bytes | None: ...
-
-    def put(self, key: str, value: bytes, partition: int) -> None: ...
-
-    def delete(self, key: str, partition: int) -> None: ...
-
-    def items(self) -> Iterator[tuple[str, bytes]]: ...
-
-
-class DictWindowStore:
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def get(self, key: str) -> bytes | None:
-        return self.data.get(key)
-
-    def put(self, key: str, value: bytes, partition: int) -> None:
-        self.data[key] = value
-
-    def delete(self, key: str, partition: int) -> None:
-        del self.data[key]
-
-    def items(self) -> Iterator[tuple[str, bytes]]:
-        return iter(list(self.data.items()))

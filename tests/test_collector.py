@@ -11,7 +11,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from intent.collector import create_collector_app
 from intent.kafka import ensure_topics, producer
@@ -23,15 +25,27 @@ AUTH = {"Authorization": "Basic " + base64.b64encode(f"{KEY}:".encode()).decode(
 
 
 def track(message_id: str, **extra: object) -> dict:
-    return {"type": "track", "event": "Product Viewed", "messageId": message_id, "anonymousId": "anon-1",
-            "timestamp": "2026-01-28T11:00:00Z", "properties": {"category": "herbal tea", "price": 2.3}, **extra}
+    return {
+        "type": "track",
+        "event": "Product Viewed",
+        "messageId": message_id,
+        "anonymousId": "anon-1",
+        "timestamp": "2026-01-28T11:00:00Z",
+        "properties": {"category": "herbal tea", "price": 2.3},
+        **extra,
+    }
 
 
 @pytest.fixture
 async def collector(broker) -> AsyncIterator[tuple[TestClient, Settings]]:
     run = uuid.uuid4().hex[:8]
-    settings = Settings(broker_url=broker.url, events_topic=f"collect-{run}", identities_topic=f"ids-{run}",
-                        write_keys=KEY, collector_max_batch_bytes=100_000)
+    settings = Settings(
+        broker_url=broker.url,
+        events_topic=f"collect-{run}",
+        identities_topic=f"ids-{run}",
+        write_keys=KEY,
+        collector_max_batch_bytes=100_000,
+    )
     await ensure_topics(broker.bootstrap_servers, [settings.events_topic], 4)
     client = producer(broker.bootstrap_servers)
     await client.start()
@@ -44,8 +58,9 @@ async def collector(broker) -> AsyncIterator[tuple[TestClient, Settings]]:
 
 
 async def topic_records(settings: Settings, count: int, timeout: float = 30) -> list[tuple[bytes, dict]]:
-    consumer = AIOKafkaConsumer(settings.events_topic, bootstrap_servers=settings.bootstrap_servers,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        settings.events_topic, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest"
+    )
     await consumer.start()
     records: list[tuple[bytes, dict]] = []
     try:
@@ -69,8 +84,13 @@ async def test_a_call_without_a_known_write_key_is_refused(collector) -> None:
 
 async def test_a_batch_keeps_its_good_messages_and_says_why_each_bad_one_was_rejected(collector) -> None:
     http, settings = collector
-    batch = [track("good-1"), track("bad-1", properties={"price": "free"}), "not an object",
-             track("good-2"), {**track("bad-2"), "type": "alias"}]
+    batch = [
+        track("good-1"),
+        track("bad-1", properties={"price": "free"}),
+        "not an object",
+        track("good-2"),
+        {**track("bad-2"), "type": "alias"},
+    ]
     response = await http.post("/v1/batch", json={"batch": batch}, headers=AUTH)
     answer = await response.json()
     assert response.status == 200 and answer["accepted"] == 2
@@ -81,7 +101,8 @@ async def test_a_batch_keeps_its_good_messages_and_says_why_each_bad_one_was_rej
     ]
     records = await topic_records(settings, 2)
     assert [r["messageId"] for _, r in records] == ["good-1", "good-2"] or sorted(
-        r["messageId"] for _, r in records) == ["good-1", "good-2"]
+        r["messageId"] for _, r in records
+    ) == ["good-1", "good-2"]
     assert all(key == b"anon-1" for key, _ in records)
 
 
@@ -113,8 +134,14 @@ async def test_size_limits_are_enforced(collector) -> None:
 
 async def test_after_identify_the_anonymous_shoppers_events_carry_the_user(collector) -> None:
     http, settings = collector
-    identify = {"type": "identify", "messageId": "id-1", "anonymousId": "anon-1", "userId": "user-9",
-                "timestamp": "2026-01-28T11:00:00Z", "traits": {"segment": "coffee lovers"}}
+    identify = {
+        "type": "identify",
+        "messageId": "id-1",
+        "anonymousId": "anon-1",
+        "userId": "user-9",
+        "timestamp": "2026-01-28T11:00:00Z",
+        "traits": {"segment": "coffee lovers"},
+    }
     assert (await http.post("/v1/identify", json=identify, headers=AUTH)).status == 200
     assert (await http.post("/v1/track", json=track("after-login"), headers=AUTH)).status == 200
     records = dict((r["messageId"], (key, r)) for key, r in await topic_records(settings, 2))
@@ -133,8 +160,9 @@ async def test_the_official_segment_client_delivers_through_the_collector(collec
         ("Order Completed", {"products": [{"product_id": "P0036"}]}),
     ]
     for name, properties in sent:
-        await asyncio.to_thread(client.track, user_id="ada", event=name, properties=properties,
-                                context={"sessionId": "s1"})
+        await asyncio.to_thread(
+            client.track, user_id="ada", event=name, properties=properties, context={"sessionId": "s1"}
+        )
     await asyncio.to_thread(client.page, user_id="ada", name="Home")
     records = [r for _, r in await topic_records(settings, 4)]
     tracked = [r for r in records if r["event"] != "Page Viewed"]
@@ -149,10 +177,17 @@ json_values = st.recursive(
     max_leaves=12,
 )
 message_like = st.fixed_dictionaries(
-    {}, optional={"type": st.sampled_from(["track", "page", "identify", "x"]) | json_values,
-                  "event": json_values, "messageId": json_values, "userId": json_values,
-                  "anonymousId": json_values, "timestamp": json_values, "properties": json_values,
-                  "context": json_values},
+    {},
+    optional={
+        "type": st.sampled_from(["track", "page", "identify", "x"]) | json_values,
+        "event": json_values,
+        "messageId": json_values,
+        "userId": json_values,
+        "anonymousId": json_values,
+        "timestamp": json_values,
+        "properties": json_values,
+        "context": json_values,
+    },
 )
 
 
@@ -160,8 +195,11 @@ message_like = st.fixed_dictionaries(
 @given(body=st.one_of(json_values, message_like, st.fixed_dictionaries({"batch": st.lists(message_like, max_size=5)})))
 async def test_any_json_body_gets_an_answer_with_a_reason_never_a_server_error(collector, body) -> None:
     http, _ = collector
-    response = await http.post("/v1/batch" if isinstance(body, dict) and "batch" in body else "/v1/track",
-                               data=orjson.dumps(body), headers=AUTH)
+    response = await http.post(
+        "/v1/batch" if isinstance(body, dict) and "batch" in body else "/v1/track",
+        data=orjson.dumps(body),
+        headers=AUTH,
+    )
     answer = await response.json()
     assert response.status in (200, 400, 413)
     if response.status == 400:

@@ -64,3 +64,11 @@ def test_the_detector_is_deterministic(seed: int) -> None:
     distributions = seeded_distributions([(2, 15), (4, 15)], seed=seed, strength=8.0)
     detector = ShiftDetector(DetectorConfig(0.6, 2, 0.9), BROWSING)
     assert detector.run(distributions) == detector.run(distributions.copy())
+
+
+def test_the_example_in_the_module_documentation_holds() -> None:
+    import doctest
+
+    import intent.detector
+
+    assert doctest.testmod(intent.detector).failed == 0

@@ -72,8 +72,11 @@ SETTINGS = {f"INTENT_{name.upper()}" for name in Settings.model_fields}
 
 
 def intent_services() -> dict[str, dict]:
-    return {name: service for name, service in COMPOSE["services"].items()
-            if service.get("build", {}).get("dockerfile") == "docker/Dockerfile"}
+    return {
+        name: service
+        for name, service in COMPOSE["services"].items()
+        if service.get("build", {}).get("dockerfile") == "docker/Dockerfile"
+    }
 
 
 def test_compose_parses_and_runs_kafka_in_kraft_mode_with_the_topics_the_workers_need() -> None:
@@ -82,8 +85,14 @@ def test_compose_parses_and_runs_kafka_in_kraft_mode_with_the_topics_the_workers
     assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]
     script = COMPOSE["services"]["topics"]["command"][0]
     defaults = Settings()
-    for topic in (defaults.events_topic, defaults.changes_topic, defaults.dead_letter_topic,
-                  defaults.webhook_dead_letter_topic, defaults.subscriptions_topic, defaults.identities_topic):
+    for topic in (
+        defaults.events_topic,
+        defaults.changes_topic,
+        defaults.dead_letter_topic,
+        defaults.webhook_dead_letter_topic,
+        defaults.subscriptions_topic,
+        defaults.identities_topic,
+    ):
         assert f"--topic {topic} " in script
     assert COMPOSE["services"]["worker"]["deploy"]["replicas"] == 2
 
@@ -110,7 +119,8 @@ def test_every_image_in_compose_is_pinned() -> None:
 
 def test_prometheus_and_grafana_ask_for_metrics_the_code_exports() -> None:
     exported = {metric.name for metric in REGISTRY.collect()} | {
-        f"{metric.name}_total" for metric in REGISTRY.collect()}
+        f"{metric.name}_total" for metric in REGISTRY.collect()
+    }
     exported |= {f"{metric.name}_bucket" for metric in REGISTRY.collect()}
     dashboard = orjson.loads((DOCKER / "grafana" / "dashboards" / "intent.json").read_bytes())
     for panel in dashboard["panels"]:

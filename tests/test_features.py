@@ -43,8 +43,12 @@ def test_the_vocabulary_survives_the_metadata_round_trip(featurizer: Featurizer)
 def test_unknown_values_map_to_the_out_of_vocabulary_id(featurizer: Featurizer) -> None:
     row = featurizer.encode(
         dataclasses.replace(
-            COFFEE, category="garden furniture", device="smart fridge", channel="kiosk",
-            segment="new segment", event_type="other",
+            COFFEE,
+            category="garden furniture",
+            device="smart fridge",
+            channel="kiosk",
+            segment="new segment",
+            event_type="other",
         ),
         None,
     )
@@ -68,11 +72,15 @@ def test_every_id_fits_its_embedding(featurizer: Featurizer) -> None:
 
 
 def test_price_and_gap_buckets_are_log_spaced(featurizer: Featurizer) -> None:
-    prices = [column(featurizer.encode(dataclasses.replace(COFFEE, price=p), None), "price_bucket")
-              for p in (0.5, 3.0, 10.56, 250.0)]
+    prices = [
+        column(featurizer.encode(dataclasses.replace(COFFEE, price=p), None), "price_bucket")
+        for p in (0.5, 3.0, 10.56, 250.0)
+    ]
     assert prices == [1, 2, 4, 7]
-    gaps = [column(featurizer.encode(COFFEE, COFFEE.timestamp - g), "gap_bucket")
-            for g in (5, 45, 600, 7200, 2 * 86400, 9 * 86400)]
+    gaps = [
+        column(featurizer.encode(COFFEE, COFFEE.timestamp - g), "gap_bucket")
+        for g in (5, 45, 600, 7200, 2 * 86400, 9 * 86400)
+    ]
     assert gaps == [1, 2, 4, 5, 7, 8]
 
 
@@ -96,6 +104,6 @@ def test_padding_goes_after_the_events_and_keeps_each_sequence_whole() -> None:
     sequences = [np.full((length, len(FEATURE_COLUMNS)), length) for length in (3, 1, 2)]
     batches = padded_batches(sequences, batch_size=2)
     assert [positions for positions, _ in batches] == [[1, 2], [0]]
-    positions, batch = batches[0]
+    _, batch = batches[0]
     assert batch.shape == (2, 2, len(FEATURE_COLUMNS))
     assert batch[0, 0, 0] == 1 and batch[0, 1, 0] == 0

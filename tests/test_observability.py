@@ -31,8 +31,13 @@ async def test_metrics_are_exposed_in_the_prometheus_text_format() -> None:
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     assert 'intent_changes_total{intent="cold_flu_care"}' in body
-    for name in ("intent_events_in_total", "intent_inference_seconds_bucket", "intent_active_sessions",
-                 "intent_webhook_attempts_total", "intent_deliveries_suppressed_total"):
+    for name in (
+        "intent_events_in_total",
+        "intent_inference_seconds_bucket",
+        "intent_active_sessions",
+        "intent_webhook_attempts_total",
+        "intent_deliveries_suppressed_total",
+    ):
         assert name in body
 
 

@@ -12,8 +12,13 @@ POLICY = DeliveryPolicy(holdout_share=0.1, holdout_salt="s", cap_count=2, cap_se
 
 
 def change(sensitive: bool, consent: bool | None, shopper: str = "ada") -> dict:
-    return {"id": "ic_1", "shopper_id": shopper, "to_intent": {"id": "x", "sensitive": sensitive},
-            "personalization_allowed": consent, "evidence": [{"message_id": str(i)} for i in range(5)]}
+    return {
+        "id": "ic_1",
+        "shopper_id": shopper,
+        "to_intent": {"id": "x", "sensitive": sensitive},
+        "personalization_allowed": consent,
+        "evidence": [{"message_id": str(i)} for i in range(5)],
+    }
 
 
 def suppressed(reason: str) -> float:
@@ -51,7 +56,9 @@ def test_the_holdout_is_deterministic_per_shopper_and_close_to_its_share() -> No
 def test_holdout_payloads_carry_the_flag_and_no_suggestions() -> None:
     payload = webhook_payload(change(False, True), [{"product_id": "P1"}], holdout=True)
     assert payload["holdout"] is True and payload["suggestions"] == []
-    assert webhook_payload(change(False, True), [{"product_id": "P1"}], holdout=False)["suggestions"] == [{"product_id": "P1"}]
+    assert webhook_payload(change(False, True), [{"product_id": "P1"}], holdout=False)["suggestions"] == [
+        {"product_id": "P1"}
+    ]
 
 
 def test_payloads_are_shortened_to_fit_20_kb() -> None:
@@ -67,17 +74,22 @@ def test_real_payloads_and_pings_match_the_published_schema(taxonomy, catalogue)
     from intent.events import iso_time
     from intent.model import IntentModel
     from intent.settings import REPO_DIR, Settings
+    from intent.stores import DictStore
     from intent.suggest import CrowdCounts, MerchandisingRules, Suggester
     from intent.tracking import IntentTracker
-    from intent.window import DictWindowStore, WindowPolicy
+    from intent.window import WindowPolicy
     from training.simulate import Simulator, coffee_tea_cold_story, parse_shopper
 
     settings = Settings()
     suggester = Suggester(taxonomy, catalogue, MerchandisingRules.load(settings.merchandising_rules), CrowdCounts(1e5))
     tracker = IntentTracker(
-        IntentModel.load(settings.model_dir), WindowPolicy(), DictWindowStore(), DictWindowStore(),
+        IntentModel.load(settings.model_dir),
+        WindowPolicy(),
+        DictStore(),
+        DictStore(),
         enrich_change=lambda change, window: webhook_payload(
-            change, suggester.suggest(change["to_intent"]["id"], window, window[-1]["t"]), holdout=False),
+            change, suggester.suggest(change["to_intent"]["id"], window, window[-1]["t"]), holdout=False
+        ),
     )
     events = parse_shopper(coffee_tea_cold_story(Simulator(seed=0).world))
     payloads = tracker.process(events, [(0, i) for i in range(len(events))])

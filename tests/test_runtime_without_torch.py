@@ -46,15 +46,20 @@ print(orjson.dumps({"accuracy": correct / sum(len(s.labels) for s in sequences),
 def run_without_torch(code: str, *args: str) -> dict:
     completed = subprocess.run(
         [sys.executable, "-c", WITHOUT_TORCH + code, *args],
-        capture_output=True, text=True, cwd=REPO_DIR, check=False, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=REPO_DIR,
+        check=False,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stderr
     return orjson.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def test_torch_is_really_blocked_in_the_runtime_check() -> None:
-    completed = subprocess.run([sys.executable, "-c", WITHOUT_TORCH + "import torch"],
-                               capture_output=True, text=True, check=False)
+    completed = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH + "import torch"], capture_output=True, text=True, check=False
+    )
     assert "torch is not available at runtime" in completed.stderr
 
 

@@ -52,11 +52,12 @@ def test_anonymous_share_and_switch_rate_knobs_take_effect() -> None:
     calm = Simulator(seed=3, regime=Regime(anonymous_share=1.0)).shoppers(30)
     assert all(s.shopper_id.startswith("anon-") for s in calm)
     assert all(len({e["context"]["sessionId"] for e in s.events}) == 1 for s in calm)
+
     def switches(regime: Regime) -> int:
         return sum(
-            sum(a != b for a, b in itertools.pairwise(s.intents))
-            for s in Simulator(seed=3, regime=regime).shoppers(60)
+            sum(a != b for a, b in itertools.pairwise(s.intents)) for s in Simulator(seed=3, regime=regime).shoppers(60)
         )
+
     assert switches(Regime().scaled(4.0)) > 2 * switches(Regime())
 
 

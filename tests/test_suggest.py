@@ -64,14 +64,19 @@ def test_the_price_ceiling_follows_what_the_shopper_viewed(taxonomy, catalogue, 
 
 def test_boosts_and_exclusions_change_the_ranking(taxonomy, catalogue, rules) -> None:
     plain = replace(rules, pinned={}, boosted_products={}, boosted_brands={})
-    baseline = [s["product_id"] for s in suggester(taxonomy, catalogue, plain, max_items=50).suggest("coffee_ritual", [], NOW)]
+    baseline = [
+        s["product_id"] for s in suggester(taxonomy, catalogue, plain, max_items=50).suggest("coffee_ritual", [], NOW)
+    ]
     last = baseline[-1]
     boosted = replace(plain, boosted_products={last: 100.0})
     ranked = suggester(taxonomy, catalogue, boosted, max_items=50).suggest("coffee_ritual", [], NOW)
     assert ranked[0]["product_id"] == last and ranked[0]["reasons"][-1]["code"] == "boosted_product"
     brand = by_id(catalogue, baseline[0]).brand
     excluded = replace(plain, excluded_brands=frozenset({brand}))
-    assert all(s["brand"] != brand for s in suggester(taxonomy, catalogue, excluded, max_items=50).suggest("coffee_ritual", [], NOW))
+    assert all(
+        s["brand"] != brand
+        for s in suggester(taxonomy, catalogue, excluded, max_items=50).suggest("coffee_ritual", [], NOW)
+    )
 
 
 def test_a_new_shopper_gets_the_crowds_neighbours_first(taxonomy, catalogue, rules) -> None:
@@ -81,7 +86,9 @@ def test_a_new_shopper_gets_the_crowds_neighbours_first(taxonomy, catalogue, rul
     lozenge = by_id(catalogue, "P0058")
     assert lozenge.category in taxonomy.get("cold_flu_care").categories
     new_shopper = [view(by_id(catalogue, "P0037"))]  # one event: little signal
-    suggestions = suggester(taxonomy, catalogue, replace(rules, pinned={}), crowd).suggest("cold_flu_care", new_shopper, NOW)
+    suggestions = suggester(taxonomy, catalogue, replace(rules, pinned={}), crowd).suggest(
+        "cold_flu_care", new_shopper, NOW
+    )
     assert suggestions[0]["product_id"] == "P0058"
     assert any(r["code"] == "crowd" and "Echinacea Immune Tea" in r["text"] for r in suggestions[0]["reasons"])
 

@@ -12,8 +12,9 @@ import pytest
 from intent.events import ShopperEvent, event_from_dict, iso_time
 from intent.model import IntentModel
 from intent.settings import REPO_DIR
+from intent.stores import DictStore
 from intent.tracking import IntentTracker
-from intent.window import DictWindowStore, Window, WindowPolicy, session_key
+from intent.window import Window, WindowPolicy, session_key
 from training.simulate import Simulator, coffee_tea_cold_story, parse_shopper
 
 SHIPPED = REPO_DIR / "models" / "intent-gru"
@@ -49,15 +50,13 @@ def tracker_for(model: IntentModel, clock: FrozenClock | None = None, **policy: 
     return IntentTracker(
         model,
         WindowPolicy(**policy),
-        DictWindowStore(),
-        DictWindowStore(),
+        DictStore(),
+        DictStore(),
         clock=clock or FrozenClock(2_000_000_000.0),
     )
 
 
-def run(
-    tracker: IntentTracker, events: list[ShopperEvent], batch: int, first_offset: int = 0
-) -> list[dict]:
+def run(tracker: IntentTracker, events: list[ShopperEvent], batch: int, first_offset: int = 0) -> list[dict]:
     """Feed `events` as if read from partition 0 of a topic from `first_offset` on."""
     changes = []
     for start in range(0, len(events), batch):
@@ -102,18 +101,14 @@ def test_the_story_shifts_the_known_shopper_from_coffee_to_cold_and_flu_care(
     assert cold["evidence"][-1]["message_id"] == cold["trigger_message_id"]
 
 
-def test_the_same_input_gives_the_same_intent_changed_ids(
-    model: IntentModel, mixed_stream: list[ShopperEvent]
-) -> None:
+def test_the_same_input_gives_the_same_intent_changed_ids(model: IntentModel, mixed_stream: list[ShopperEvent]) -> None:
     first = run(tracker_for(model), mixed_stream, batch=50)
     second = run(tracker_for(model), mixed_stream, batch=50)
     assert [c["id"] for c in first] == [c["id"] for c in second]
     assert len({c["id"] for c in first}) == len(first)
 
 
-def test_replayed_offsets_are_skipped_and_change_nothing(
-    model: IntentModel, mixed_stream: list[ShopperEvent]
-) -> None:
+def test_replayed_offsets_are_skipped_and_change_nothing(model: IntentModel, mixed_stream: list[ShopperEvent]) -> None:
     tracker = tracker_for(model)
     head = mixed_stream[:300]
     run(tracker, head, batch=100)
@@ -132,9 +127,7 @@ def test_nothing_is_stored_until_save(model: IntentModel, mixed_stream: list[Sho
     assert tracker.sessions.data
 
 
-def event(
-    shopper: str, at: float, known: bool = True, category: str = "Coffee Beans", **extra: object
-) -> ShopperEvent:
+def event(shopper: str, at: float, known: bool = True, category: str = "Coffee Beans", **extra: object) -> ShopperEvent:
     body = {
         "event": "Product Viewed",
         "messageId": f"{shopper}-{at}",
@@ -219,3 +212,12 @@ def test_a_new_model_version_re_encodes_the_windows_without_losing_them(
     reference = Window.from_bytes(never_switched.shoppers.data[shopper_key])
     assert [r["m"] for r in after.events] == [r["m"] for r in reference.events]
     assert np.allclose(after.hidden_state(), reference.hidden_state(), atol=1e-5)
+
+
+def test_events_of_categories_the_model_never_saw_raise_no_intent_change(model: IntentModel) -> None:
+    tracker = tracker_for(model)
+    start = 1_767_600_000.0
+    unknown = [event("zoe", start + 60 * i, category="shop-category-4711") for i in range(30)]
+    assert run(tracker, unknown, batch=7) == []
+    window = Window.from_bytes(tracker.shoppers.data["zoe"])
+    assert len(window.events) == 30 and window.hidden_state() is not None  # still tracked

@@ -22,17 +22,40 @@ pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny"
-    training_main([
-        "all", "--out", str(out), "--shoppers", "60", "--validation-shoppers", "12",
-        "--test-shoppers", "12", "--epochs", "2", "--hidden-size", "16", "--seed", "3",
-    ])
+    training_main(
+        [
+            "all",
+            "--out",
+            str(out),
+            "--shoppers",
+            "60",
+            "--validation-shoppers",
+            "12",
+            "--test-shoppers",
+            "12",
+            "--epochs",
+            "2",
+            "--hidden-size",
+            "16",
+            "--seed",
+            "3",
+        ]
+    )
     return out
 
 
 def test_one_command_writes_a_complete_model_directory(tiny_model: Path) -> None:
     names = {p.name for p in tiny_model.iterdir()}
-    assert {"model.onnx", "step.onnx", "metadata.json", "metrics.json", "MODEL_CARD.md",
-            "confusion_matrix.png", "detection_delay.png", "calibration.png"} <= names
+    assert {
+        "model.onnx",
+        "step.onnx",
+        "metadata.json",
+        "metrics.json",
+        "MODEL_CARD.md",
+        "confusion_matrix.png",
+        "detection_delay.png",
+        "calibration.png",
+    } <= names
 
 
 def test_metadata_holds_what_serving_and_auditing_need(tiny_model: Path) -> None:
@@ -40,8 +63,18 @@ def test_metadata_holds_what_serving_and_auditing_need(tiny_model: Path) -> None
     assert metadata["feature_spec_version"] == FEATURE_SPEC_VERSION
     assert metadata["feature_columns"] == list(FEATURE_COLUMNS)
     assert metadata["model_version"].startswith("tiny-")
-    assert set(metadata) >= {"created_at", "intents", "vocabulary", "opset", "files", "detector",
-                             "training", "evaluation", "parity", "architecture"}
+    assert set(metadata) >= {
+        "created_at",
+        "intents",
+        "vocabulary",
+        "opset",
+        "files",
+        "detector",
+        "training",
+        "evaluation",
+        "parity",
+        "architecture",
+    }
     assert metadata["architecture"]["parameters"] <= 1_000_000
     for file in metadata["files"].values():
         assert len(file["sha256"]) == 64 and 0 < file["bytes"] <= 4 * 1024 * 1024
@@ -51,11 +84,18 @@ def test_metadata_holds_what_serving_and_auditing_need(tiny_model: Path) -> None
 
 def test_metrics_have_every_required_figure_for_model_and_baselines(tiny_model: Path) -> None:
     metrics = orjson.loads((tiny_model / "metrics.json").read_bytes())
-    figures = {"accuracy", "macro_f1", "shift_precision", "shift_recall", "shift_f1",
-               "median_delay_events", "p90_delay_events", "false_alarms_per_1k_events"}
+    figures = {
+        "accuracy",
+        "macro_f1",
+        "shift_precision",
+        "shift_recall",
+        "shift_f1",
+        "median_delay_events",
+        "p90_delay_events",
+        "false_alarms_per_1k_events",
+    }
     assert figures | {"bayes_optimal_accuracy", "ratio_to_bayes"} <= set(metrics)
-    assert set(metrics["baselines"]) == {"top_sellers", "last_category", "static_segment",
-                                         "windowed_category_counts"}
+    assert set(metrics["baselines"]) == {"top_sellers", "last_category", "static_segment", "windowed_category_counts"}
     for baseline in metrics["baselines"].values():
         assert figures <= set(baseline)
     assert 0 < metrics["bayes_optimal_accuracy"] <= 1
@@ -104,8 +144,7 @@ def test_labelled_files_train_with_weak_labels_where_labels_are_missing(
     sequences, counts = from_records(read_labelled_file(path), taxonomy, featurizer)
     assert counts["events"] == len(records)
     assert counts["labelled"] == counts["weakly_labelled"] == len(records) // 2
-    coffee = next(r for r in records if r.get("properties", {}).get("category") == "coffee beans"
-                  and "intent" not in r)
+    coffee = next(r for r in records if r.get("properties", {}).get("category") == "coffee beans" and "intent" not in r)
     sequence = next(s for s in sequences if s.key == (coffee.get("userId") or coffee.get("anonymousId")))
     position = next(i for i, e in enumerate(sequence.events) if e.message_id == coffee["messageId"])
     assert taxonomy.ids[sequence.labels[position]] == "coffee_ritual"
@@ -119,15 +158,17 @@ def test_parquet_files_use_the_flat_columns(tmp_path: Path, taxonomy: Taxonomy, 
     pyarrow = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    table = pyarrow.table({
-        "event": ["Product Viewed", "Product Viewed"],
-        "userId": ["u1", "u1"],
-        "messageId": ["a", "b"],
-        "timestamp": ["2026-01-05T08:00:00Z", "2026-01-05T08:01:00Z"],
-        "category": ["mint tea", "coffee beans"],
-        "price": [3.2, 11.0],
-        "intent": ["cold_flu_care", None],
-    })
+    table = pyarrow.table(
+        {
+            "event": ["Product Viewed", "Product Viewed"],
+            "userId": ["u1", "u1"],
+            "messageId": ["a", "b"],
+            "timestamp": ["2026-01-05T08:00:00Z", "2026-01-05T08:01:00Z"],
+            "category": ["mint tea", "coffee beans"],
+            "price": [3.2, 11.0],
+            "intent": ["cold_flu_care", None],
+        }
+    )
     pq.write_table(table, tmp_path / "events.parquet")
     (sequence,), counts = from_records(read_labelled_file(tmp_path / "events.parquet"), taxonomy, featurizer)
     assert [taxonomy.ids[i] for i in sequence.labels] == ["cold_flu_care", "coffee_ritual"]

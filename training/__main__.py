@@ -1,9 +1,9 @@
 """`python -m training`: simulate, train, evaluate and export intent models.
 
-    python -m training all --out models/intent-gru        # simulate -> train -> evaluate -> export
-    python -m training all --out models/mine --data events.jsonl [--category-map map.json]
-    python -m training evaluate --model models/intent-gru [--noise 0.2 --switch-rate 2]
-    python -m training simulate --shoppers 100 --out shoppers.jsonl
+python -m training all --out models/intent-gru        # simulate -> train -> evaluate -> export
+python -m training all --out models/mine --data events.jsonl [--category-map map.json]
+python -m training evaluate --model models/intent-gru [--noise 0.2 --switch-rate 2]
+python -m training simulate --shoppers 100 --out shoppers.jsonl
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def command_all(arguments: argparse.Namespace) -> None:
         "seed": arguments.seed,
         "regime": regime.__dict__,
         "sequences": len(train_set),
-        "events": int(len(labels)),
+        "events": len(labels),
         "validation_sequences": len(validation_set),
         "intent_shares": [round(float(x), 5) for x in shares],
         "epochs": config.epochs,
@@ -189,8 +189,16 @@ def command_evaluate(arguments: argparse.Namespace) -> None:
 
 
 def _print_summary(metrics: dict[str, Any]) -> None:
-    columns = ("accuracy", "macro_f1", "shift_precision", "shift_recall", "shift_f1",
-               "median_delay_events", "p90_delay_events", "false_alarms_per_1k_events")
+    columns = (
+        "accuracy",
+        "macro_f1",
+        "shift_precision",
+        "shift_recall",
+        "shift_f1",
+        "median_delay_events",
+        "p90_delay_events",
+        "false_alarms_per_1k_events",
+    )
     rows = [("model", metrics)]
     if "bayes_optimal" in metrics:
         rows = comparison_rows(metrics)
@@ -206,8 +214,9 @@ def _print_summary(metrics: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     everything = commands.add_parser("all", help="simulate (or read --data) -> train -> evaluate -> export")

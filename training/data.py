@@ -134,9 +134,7 @@ def from_records(
             else:
                 counts["labelled"] += 1
                 labels.append(index[label])
-        sequences.append(
-            LabelledSequence(key, [event for event, _ in rows], np.array(labels, dtype=np.int64))
-        )
+        sequences.append(LabelledSequence(key, [event for event, _ in rows], np.array(labels, dtype=np.int64)))
     return sequences, counts
 
 

@@ -94,8 +94,7 @@ class ShiftScore:
             "median_delay_events": float(np.median(delays)),
             "p90_delay_events": float(np.percentile(delays, 90)),
             "false_alarms_per_1k_events": 1000 * (self.detections - self.matched) / max(1, self.events),
-            "false_alarms_right_intent_share": self.right_but_unmatched
-            / max(1, self.detections - self.matched),
+            "false_alarms_right_intent_share": self.right_but_unmatched / max(1, self.detections - self.matched),
         }
 
 
@@ -273,9 +272,7 @@ def evaluate_model(
         metrics["story"] = story_report(model.run_sequences, featurizer, world, detector)
     metrics["baselines"] = {
         name: score(distributions, sequences, detector)[0]
-        for name, distributions in baseline_distributions(
-            sequences, featurizer, taxonomy, popularity
-        ).items()
+        for name, distributions in baseline_distributions(sequences, featurizer, taxonomy, popularity).items()
     }
     metrics["evaluation"] = {
         "sequences": len(sequences),

@@ -77,9 +77,7 @@ def export_model(
         "model_version": f"{name}-{files[SEQUENCE_FILE]['sha256'][:12]}",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "architecture": {"type": "gru", "hidden_size": model.hidden_size, "parameters": parameters},
-        "intents": [
-            {"id": i.id, "label": i.label, "sensitive": i.sensitive} for i in taxonomy.intents
-        ],
+        "intents": [{"id": i.id, "label": i.label, "sensitive": i.sensitive} for i in taxonomy.intents],
         "browsing_intent": taxonomy.browsing_intent,
         "feature_spec_version": FEATURE_SPEC_VERSION,
         "feature_columns": list(FEATURE_COLUMNS),
@@ -118,9 +116,7 @@ def _onnx_export(
         )
 
 
-def check_parity(
-    model: IntentGRU, exported: IntentModel, sequences: Sequence[np.ndarray]
-) -> dict[str, float]:
+def check_parity(model: IntentGRU, exported: IntentModel, sequences: Sequence[np.ndarray]) -> dict[str, float]:
     """Max abs differences: onnxruntime full vs torch, and step-by-step vs full. Raises above
     PARITY_TOLERANCE."""
     expected = predict(model, sequences)
@@ -135,7 +131,5 @@ def check_parity(
     if full_difference > PARITY_TOLERANCE:
         raise ExportError(f"onnxruntime differs from torch by {full_difference:.2e} > {PARITY_TOLERANCE}")
     if step_difference > PARITY_TOLERANCE:
-        raise ExportError(
-            f"the step model differs from the full model by {step_difference:.2e} > {PARITY_TOLERANCE}"
-        )
+        raise ExportError(f"the step model differs from the full model by {step_difference:.2e} > {PARITY_TOLERANCE}")
     return {"torch_vs_onnx": full_difference, "step_vs_full": step_difference}

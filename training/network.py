@@ -35,9 +35,7 @@ class IntentGRU(nn.Module):
         self.gru = nn.GRU(sum(EMBEDDING_DIMS.values()), hidden_size, batch_first=True)
         self.head = nn.Linear(hidden_size, intents)
 
-    def forward(
-        self, features: torch.Tensor, hidden: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """features (batch, time, columns) int64 -> logits (batch, time, intents), last hidden."""
         embedded = torch.cat(
             [embedding(features[..., column]) for column, embedding in enumerate(self.embeddings)],

@@ -8,10 +8,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from training.evaluate import Evaluation  # noqa: E402
+from training.evaluate import Evaluation
 
 TARGETS = {
     "ratio_to_bayes": (">=", 0.95),

@@ -156,9 +156,7 @@ def segment_priors(taxonomy: Taxonomy) -> dict[str | None, np.ndarray]:
     return priors
 
 
-def _round_trip_queries(
-    vocabulary: Vocabulary, products_by_category: dict[str, list[Product]]
-) -> dict[str, list[str]]:
+def _round_trip_queries(vocabulary: Vocabulary, products_by_category: dict[str, list[Product]]) -> dict[str, list[str]]:
     """Search phrases per category that the featurizer maps back to the same category.
 
     Keeping only those makes a search's category observable, which keeps the Bayes filter exact.
@@ -178,8 +176,12 @@ def _round_trip_queries(
 
 def _search_category(featurizer: Featurizer, query: str) -> str | None:
     probe = ShopperEvent(
-        message_id="probe", event_type="Products Searched", name="Products Searched",
-        timestamp=0.0, anonymous_id="probe", query=query,
+        message_id="probe",
+        event_type="Products Searched",
+        name="Products Searched",
+        timestamp=0.0,
+        anonymous_id="probe",
+        query=query,
     )
     return featurizer.category_of(probe)
 
@@ -234,8 +236,18 @@ class Simulator:
                     clock += min(900.0, max(2.0, rng.lognormvariate(3.4, 0.9)))
                 events.append(
                     self._event(
-                        rng, event_type, intent, clock, shopper_id, known, session_id,
-                        segment, device, channel, timezone, events,
+                        rng,
+                        event_type,
+                        intent,
+                        clock,
+                        shopper_id,
+                        known,
+                        session_id,
+                        segment,
+                        device,
+                        channel,
+                        timezone,
+                        events,
                     )
                 )
                 intents.append(taxonomy.ids[intent])
@@ -394,25 +406,28 @@ def coffee_tea_cold_story(world: World) -> SimulatedShopper:
                     properties["quantity"] = 1
                     added.append(products[subject].product_id)
             elif event_type == "Order Completed":
-                properties = {"order_id": f"order-{session_id}", "products": [
-                    {"product_id": p, "quantity": 1} for p in added
-                ]}
-            events.append({
-                "type": "track",
-                "event": event_type,
-                "userId": shopper_id,
-                "messageId": f"{session_id}-e{position}",
-                "timestamp": iso_time(start + 45 * position),
-                "properties": properties,
-                "context": {
-                    "sessionId": session_id,
-                    "device": {"type": "mobile"},
-                    "channel": "app",
-                    "timezone": "Europe/London",
-                    "consent": {"categoryPreferences": {"Personalization": True}},
-                    "traits": {"segment": "coffee lovers"},
-                },
-            })
+                properties = {
+                    "order_id": f"order-{session_id}",
+                    "products": [{"product_id": p, "quantity": 1} for p in added],
+                }
+            events.append(
+                {
+                    "type": "track",
+                    "event": event_type,
+                    "userId": shopper_id,
+                    "messageId": f"{session_id}-e{position}",
+                    "timestamp": iso_time(start + 45 * position),
+                    "properties": properties,
+                    "context": {
+                        "sessionId": session_id,
+                        "device": {"type": "mobile"},
+                        "channel": "app",
+                        "timezone": "Europe/London",
+                        "consent": {"categoryPreferences": {"Personalization": True}},
+                        "traits": {"segment": "coffee lovers"},
+                    },
+                }
+            )
             intents.append(intent)
     return SimulatedShopper(shopper_id, events, intents, story="coffee_tea_cold")
 
@@ -420,9 +435,7 @@ def coffee_tea_cold_story(world: World) -> SimulatedShopper:
 # ---- the Bayes-optimal reference -------------------------------------------------------------
 
 
-def observations(
-    world: World, featurizer: Featurizer, events: Sequence[ShopperEvent]
-) -> tuple[np.ndarray, np.ndarray]:
+def observations(world: World, featurizer: Featurizer, events: Sequence[ShopperEvent]) -> tuple[np.ndarray, np.ndarray]:
     """What the generative process lets an observer see: the category index of each event
     (-1 for none) and whether the event starts a session."""
     index = {category: position for position, category in enumerate(world.categories)}
@@ -437,9 +450,7 @@ def observations(
     return categories, session_starts
 
 
-def bayes_filter(
-    world: World, categories: np.ndarray, session_starts: np.ndarray, segment: str | None
-) -> np.ndarray:
+def bayes_filter(world: World, categories: np.ndarray, session_starts: np.ndarray, segment: str | None) -> np.ndarray:
     """The forward algorithm: P(z_t | observations up to t) for every t, shape (T, intents)."""
     regime = world.regime
     prior = world.segment_priors.get(segment, world.segment_priors[None])

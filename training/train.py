@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from intent.features import padded_batches
+from intent.features import FEATURE_COLUMNS, FIRST_KNOWN_ID, OUT_OF_VOCABULARY, padded_batches
 from training.network import IntentGRU
 
 IGNORE = -100
@@ -26,6 +26,10 @@ class TrainConfig:
     learning_rate: float = 3e-3
     seed: int = 0
     threads: int = 2
+    # Share of events whose category is hidden as out-of-vocabulary while training, so the model
+    # learns that an unknown category is no evidence (a shop's own categories, unmapped, must not
+    # read as some intent).
+    unknown_category_rate: float = 0.05
 
 
 @dataclass
@@ -46,6 +50,18 @@ def _training_batches(
             y[row, : len(labels[i])] = labels[i]
         batches.append((torch.from_numpy(batch), torch.from_numpy(y)))
     return batches
+
+
+CATEGORY_COLUMN = FEATURE_COLUMNS.index("category")
+
+
+def _hide_some_categories(x: torch.Tensor, rate: float) -> torch.Tensor:
+    if rate <= 0:
+        return x
+    hidden = (torch.rand(x.shape[:2]) < rate) & (x[..., CATEGORY_COLUMN] >= FIRST_KNOWN_ID)
+    x = x.clone()
+    x[..., CATEGORY_COLUMN][hidden] = OUT_OF_VOCABULARY
+    return x
 
 
 def predict(model: IntentGRU, features: Sequence[np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
@@ -92,6 +108,7 @@ def train(
         model.train()
         shuffle.shuffle(batches)
         for x, y in batches:
+            x = _hide_some_categories(x, config.unknown_category_rate)
             logits, _ = model(x)
             loss = loss_function(logits.reshape(-1, intents), y.reshape(-1))
             optimizer.zero_grad()

@@ -131,8 +131,11 @@ class SubscriptionsApi:
         subscription = self._subscription(request).rotated(self.secret_overlap_seconds, self.clock())
         await self.log.put(subscription)
         return ok(
-            {**subscription.public(), "secret": subscription.secrets[0].secret,
-             "previous_secrets_valid_for_seconds": self.secret_overlap_seconds}
+            {
+                **subscription.public(),
+                "secret": subscription.secrets[0].secret,
+                "previous_secrets_valid_for_seconds": self.secret_overlap_seconds,
+            }
         )
 
     async def test(self, request: web.Request) -> web.Response:
@@ -184,10 +187,17 @@ def openapi_document(intent_ids: tuple[str, ...]) -> dict[str, Any]:
         },
         "required": ["id", "url", "intents", "created_at", "enabled"],
     }
-    with_secret = {"allOf": [subscription, {"type": "object", "properties": {"secret": {"type": "string"}},
-                                            "required": ["secret"]}]}
+    with_secret = {
+        "allOf": [
+            subscription,
+            {"type": "object", "properties": {"secret": {"type": "string"}}, "required": ["secret"]},
+        ]
+    }
     responses_common = {
-        "401": {"description": "missing or wrong bearer token", "content": {"application/json": {"schema": error_schema}}},
+        "401": {
+            "description": "missing or wrong bearer token",
+            "content": {"application/json": {"schema": error_schema}},
+        },
     }
     not_found = {"404": {"description": "no such subscription"}}
     identifier = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
@@ -203,16 +213,26 @@ def openapi_document(intent_ids: tuple[str, ...]) -> dict[str, Any]:
             "/v1/subscriptions": {
                 "post": {
                     "summary": "Subscribe a URL to intent changes; the answer shows the signing secret once.",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                        "type": "object",
-                        "properties": {
-                            "url": {"type": "string", "description": "https URL of a public host"},
-                            "intents": {"type": "array", "items": {"type": "string", "enum": list(intent_ids)}},
-                            "description": {"type": "string", "maxLength": MAX_DESCRIPTION},
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "url": {"type": "string", "description": "https URL of a public host"},
+                                        "intents": {
+                                            "type": "array",
+                                            "items": {"type": "string", "enum": list(intent_ids)},
+                                        },
+                                        "description": {"type": "string", "maxLength": MAX_DESCRIPTION},
+                                    },
+                                    "required": ["url"],
+                                    "additionalProperties": False,
+                                }
+                            }
                         },
-                        "required": ["url"],
-                        "additionalProperties": False,
-                    }}}},
+                    },
                     "responses": {
                         "201": {"description": "created", "content": {"application/json": {"schema": with_secret}}},
                         "400": {"description": "bad input", "content": {"application/json": {"schema": error_schema}}},
@@ -221,33 +241,75 @@ def openapi_document(intent_ids: tuple[str, ...]) -> dict[str, Any]:
                 },
                 "get": {
                     "summary": "List subscriptions (without secrets).",
-                    "responses": {"200": {"description": "the subscriptions", "content": {"application/json": {
-                        "schema": {"type": "object", "properties": {"subscriptions": {"type": "array", "items": subscription}}}
-                    }}}, **responses_common},
+                    "responses": {
+                        "200": {
+                            "description": "the subscriptions",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {"subscriptions": {"type": "array", "items": subscription}},
+                                    }
+                                }
+                            },
+                        },
+                        **responses_common,
+                    },
                 },
             },
             "/v1/subscriptions/{id}": {
                 "parameters": identifier,
-                "get": {"summary": "One subscription.", "responses": {
-                    "200": {"description": "the subscription", "content": {"application/json": {"schema": subscription}}},
-                    **not_found, **responses_common}},
-                "delete": {"summary": "Unsubscribe; pending deliveries are dropped.", "responses": {
-                    "204": {"description": "deleted"}, **not_found, **responses_common}},
+                "get": {
+                    "summary": "One subscription.",
+                    "responses": {
+                        "200": {
+                            "description": "the subscription",
+                            "content": {"application/json": {"schema": subscription}},
+                        },
+                        **not_found,
+                        **responses_common,
+                    },
+                },
+                "delete": {
+                    "summary": "Unsubscribe; pending deliveries are dropped.",
+                    "responses": {"204": {"description": "deleted"}, **not_found, **responses_common},
+                },
             },
             "/v1/subscriptions/{id}/rotate-secret": {
                 "parameters": identifier,
-                "post": {"summary": "A new signing secret; the previous one keeps signing during the overlap.",
-                         "responses": {"200": {"description": "rotated", "content": {"application/json": {"schema": with_secret}}},
-                                       **not_found, **responses_common}},
+                "post": {
+                    "summary": "A new signing secret; the previous one keeps signing during the overlap.",
+                    "responses": {
+                        "200": {"description": "rotated", "content": {"application/json": {"schema": with_secret}}},
+                        **not_found,
+                        **responses_common,
+                    },
+                },
             },
             "/v1/subscriptions/{id}/test": {
                 "parameters": identifier,
-                "post": {"summary": "Send one signed intent.ping now and report the outcome.",
-                         "responses": {"200": {"description": "the attempt", "content": {"application/json": {"schema": {
-                             "type": "object",
-                             "properties": {"delivered": {"type": "boolean"}, "status": {"type": ["integer", "null"]},
-                                            "error": {"type": ["string", "null"]}}}}}},
-                                       **not_found, **responses_common}},
+                "post": {
+                    "summary": "Send one signed intent.ping now and report the outcome.",
+                    "responses": {
+                        "200": {
+                            "description": "the attempt",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "delivered": {"type": "boolean"},
+                                            "status": {"type": ["integer", "null"]},
+                                            "error": {"type": ["string", "null"]},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **not_found,
+                        **responses_common,
+                    },
+                },
             },
         },
     }

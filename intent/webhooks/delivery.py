@@ -2,7 +2,7 @@
 
 `enqueue` stores one pending delivery per subscription and returns at once; attempts run as tasks,
 at most `endpoint_concurrency` at a time per endpoint, so a slow or dead endpoint delays only its
-own deliveries. Pending deliveries live in a `PendingStore` (a changelogged Faust table in the
+own deliveries. Pending deliveries live in a `KeyValueStore` (a changelogged Faust table in the
 worker), with the absolute time of their next attempt, so a restarted worker resumes their schedule.
 
 Outcomes: 2xx ends a delivery; 410 Gone disables the subscription; 429, 502 and 504 back off
@@ -17,9 +17,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,6 +27,7 @@ import orjson
 
 from intent import observability as metrics
 from intent.events import iso_time
+from intent.stores import DictStore, KeyValueStore
 from intent.webhooks.signing import webhook_headers
 from intent.webhooks.subscriptions import Subscription, SubscriptionRegistry
 from intent.webhooks.targets import TargetRejected, check_target
@@ -78,16 +79,6 @@ class Delivery:
         return cls(**{**data, "attempts": [Attempt(**a) for a in data["attempts"]]})
 
 
-class PendingStore(Protocol):
-    def get(self, key: str) -> bytes | None: ...
-
-    def put(self, key: str, value: bytes, partition: int) -> None: ...
-
-    def delete(self, key: str, partition: int) -> None: ...
-
-    def items(self) -> Iterator[tuple[str, bytes]]: ...
-
-
 def parse_schedule(text: str) -> tuple[float, ...]:
     """'0,5,300' -> (0.0, 5.0, 300.0): seconds before each attempt, counted from the previous one."""
     delays = tuple(float(part) for part in text.split(",") if part.strip())
@@ -109,7 +100,7 @@ class Deliverer:
     def __init__(
         self,
         registry: SubscriptionRegistry,
-        store: PendingStore,
+        store: KeyValueStore,
         *,
         schedule: tuple[float, ...],
         timeout_seconds: float,
@@ -154,8 +145,13 @@ class Deliverer:
         ids = []
         for subscription in subscriptions:
             delivery = Delivery(
-                webhook_id(payload["id"], subscription.id), subscription.id, subscription.url, payload,
-                partition, now + self.schedule[0], now,
+                webhook_id(payload["id"], subscription.id),
+                subscription.id,
+                subscription.url,
+                payload,
+                partition,
+                now + self.schedule[0],
+                now,
             )
             if self.store.get(delivery.webhook_id) is not None:
                 continue  # a re-emitted change (same id): its delivery is already under way
@@ -198,7 +194,9 @@ class Deliverer:
             self.store.delete(key, delivery.partition)  # unsubscribed or disabled meanwhile
             metrics.WEBHOOK_ATTEMPTS.labels("dropped_unsubscribed").inc()
             return
-        semaphore = self._endpoints.setdefault(urlsplit(subscription.url).netloc, asyncio.Semaphore(self.endpoint_concurrency))
+        semaphore = self._endpoints.setdefault(
+            urlsplit(subscription.url).netloc, asyncio.Semaphore(self.endpoint_concurrency)
+        )
         async with semaphore:
             attempt = await self.send_once(subscription, delivery.webhook_id, delivery.payload)
         delivery.attempts.append(attempt)
@@ -227,7 +225,9 @@ class Deliverer:
         try:
             await check_target(subscription.url, self.allow_private_urls)
             headers = webhook_headers(subscription.signing_secrets(at), message_id, body, at)
-            async with self._session.post(subscription.url, data=body, headers=headers, allow_redirects=False) as response:
+            async with self._session.post(
+                subscription.url, data=body, headers=headers, allow_redirects=False
+            ) as response:
                 await response.read()
                 attempt = Attempt(at, time.perf_counter() - started, status=response.status)
                 if response.status in BACK_OFF_STATUSES:
@@ -240,15 +240,21 @@ class Deliverer:
             attempt = Attempt(at, time.perf_counter() - started, error=f"timed out after {self.timeout.total} s")
         except aiohttp.ClientError as error:
             attempt = Attempt(at, time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
-        outcome = "success" if attempt.status is not None and 200 <= attempt.status < 300 else (
-            f"http_{attempt.status}" if attempt.status is not None else "error"
+        outcome = (
+            "success"
+            if attempt.status is not None and 200 <= attempt.status < 300
+            else (f"http_{attempt.status}" if attempt.status is not None else "error")
         )
         metrics.WEBHOOK_ATTEMPTS.labels(outcome).inc()
         metrics.WEBHOOK_SECONDS.observe(attempt.seconds)
         log.info(
-            "webhook %s to %s: %s", message_id, subscription.url, attempt.status or attempt.error,
-            extra={"ids": {"webhook_id": message_id, "subscription_id": subscription.id,
-                           "change_id": payload.get("id")}},
+            "webhook %s to %s: %s",
+            message_id,
+            subscription.url,
+            attempt.status or attempt.error,
+            extra={
+                "ids": {"webhook_id": message_id, "subscription_id": subscription.id, "change_id": payload.get("id")}
+            },
         )
         return attempt
 
@@ -262,25 +268,6 @@ class Deliverer:
             "first_attempt_at": iso_time(delivery.created_at),
             "dead_lettered_at": iso_time(self.clock()),
         }
-
-
-class DictPendingStore:
-    """Pending deliveries in a dict: for tests and tools; the worker uses a Faust table."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    def get(self, key: str) -> bytes | None:
-        return self.data.get(key)
-
-    def put(self, key: str, value: bytes, partition: int) -> None:
-        self.data[key] = value
-
-    def delete(self, key: str, partition: int) -> None:
-        self.data.pop(key, None)
-
-    def items(self) -> Iterator[tuple[str, bytes]]:
-        return iter(list(self.data.items()))
 
 
 @dataclass
@@ -311,18 +298,27 @@ async def replay_dead_letters(
     async def nothing(*_: object) -> None: ...
 
     deliverer = Deliverer(
-        subscriptions.registry, DictPendingStore(), schedule=(0.0,), timeout_seconds=timeout_seconds,
-        endpoint_concurrency=1, allow_private_urls=allow_private_urls, dead_letter=nothing, disable=nothing,
+        subscriptions.registry,
+        DictStore(),
+        schedule=(0.0,),
+        timeout_seconds=timeout_seconds,
+        endpoint_concurrency=1,
+        allow_private_urls=allow_private_urls,
+        dead_letter=nothing,
+        disable=nothing,
     )
     await deliverer.start()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     report = ReplayReport()
     try:
-        partitions = [TopicPartition(dead_letter_topic, p) for p in consumer.partitions_for_topic(dead_letter_topic) or ()]
+        partitions = [
+            TopicPartition(dead_letter_topic, p) for p in consumer.partitions_for_topic(dead_letter_topic) or ()
+        ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
+
         async def behind() -> bool:
             return any([await consumer.position(tp) < ends[tp] for tp in partitions])
 

@@ -80,7 +80,10 @@ class Deployment:
         self.web_ports.append(int(environment["INTENT_WEB_PORT"]))
         process = subprocess.Popen(
             [sys.executable, "-m", "intent", "worker"],
-            env=environment, cwd=REPO_DIR, stdout=log, stderr=subprocess.STDOUT,
+            env=environment,
+            cwd=REPO_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.processes.append(process)
         return process
@@ -108,8 +111,12 @@ def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
     asyncio.run(
         ensure_topics(
             broker.bootstrap_servers,
-            [deployed.events_topic, deployed.changes_topic, deployed.dead_letter_topic,
-             deployed.webhook_dead_letter_topic],
+            [
+                deployed.events_topic,
+                deployed.changes_topic,
+                deployed.dead_letter_topic,
+                deployed.webhook_dead_letter_topic,
+            ],
             PARTITIONS,
         )
     )
@@ -124,9 +131,7 @@ async def read_until(
     timeout: float,
 ) -> list[dict[str, Any]]:
     """Every JSON record of `topic` from the start, until `done(records)` or the timeout."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap_servers, auto_offset_reset="earliest", group_id=None
-    )
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap_servers, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     records: list[dict[str, Any]] = []
     try:

@@ -81,8 +81,9 @@ async def test_two_workers_split_the_partitions_and_the_survivor_takes_over_with
 
     workers[owner].send_signal(signal.SIGKILL)
     workers[owner].wait()
-    await wait_for(lambda: _owns_all(deployment.web_ports[survivor : survivor + 1]), 120,
-                   "the survivor takes over every partition")
+    await wait_for(
+        lambda: _owns_all(deployment.web_ports[survivor : survivor + 1]), 120, "the survivor takes over every partition"
+    )
 
     await replay(lines[first_tea + 1 :], bootstrap, deployment.events_topic)
     records = await read_until(bootstrap, deployment.changes_topic, cold_shift_seen, 120)

@@ -14,8 +14,9 @@ from intent.kafka import wait_for_lag_zero
 from intent.model import IntentModel
 from intent.replay import replay
 from intent.settings import get_settings
+from intent.stores import DictStore
 from intent.tracking import IntentTracker
-from intent.window import DictWindowStore, WindowPolicy
+from intent.window import WindowPolicy
 from tests.integration.conftest import Deployment, read_until
 from training.simulate import Simulator, coffee_tea_cold_story
 
@@ -73,7 +74,9 @@ async def test_bad_events_go_to_the_dead_letter_topic_and_the_events_around_them
     await replay(lines, deployment.broker.bootstrap_servers, deployment.events_topic)
 
     bootstrap = deployment.broker.bootstrap_servers
-    dead = await read_until(bootstrap, deployment.dead_letter_topic, lambda r: len(r) >= len(bad), JOIN_AND_CATCH_UP_SECONDS)
+    dead = await read_until(
+        bootstrap, deployment.dead_letter_topic, lambda r: len(r) >= len(bad), JOIN_AND_CATCH_UP_SECONDS
+    )
     changes = await read_until(bootstrap, deployment.changes_topic, cold_shift_seen, 60)
     assert cold_shift_seen(changes), deployment.logs()
     assert len(dead) == len(bad), deployment.logs()
@@ -104,8 +107,10 @@ async def test_bad_events_go_to_the_dead_letter_topic_and_the_events_around_them
     assert f'intent_dead_letters_total{{topic="{deployment.dead_letter_topic}"}} 5.0' in metrics
     assert 'intent_events_rejected_total{reason="properties.price"} 1.0' in metrics
     assert 'intent_changes_total{intent="cold_flu_care"} 1.0' in metrics
-    assert readiness == (200, {"status": "ready", "checks": {
-        "model_loaded": True, "broker_connected": True, "partitions_assigned": True}})
+    assert readiness == (
+        200,
+        {"status": "ready", "checks": {"model_loaded": True, "broker_connected": True, "partitions_assigned": True}},
+    )
 
 
 async def test_a_killed_worker_is_replaced_and_a_shift_that_needs_earlier_events_is_still_detected(
@@ -147,15 +152,13 @@ async def test_killing_a_worker_mid_stream_loses_no_intent_change_and_repeats_no
     await wait_for_lag_zero(bootstrap, deployment.app_id, deployment.events_topic, JOIN_AND_CATCH_UP_SECONDS)
 
     model = IntentModel.load(get_settings().model_dir)
-    offline = IntentTracker(model, WindowPolicy(), DictWindowStore(), DictWindowStore())
+    offline = IntentTracker(model, WindowPolicy(), DictStore(), DictStore())
     expected = {change["id"] for change in offline.process([event_from_dict(e) for e in events])}
     records = await read_until(bootstrap, deployment.changes_topic, lambda r: {c["id"] for c in r} >= expected, 30)
     assert {c["id"] for c in records} == expected, deployment.logs()
 
 
-async def test_reprocessing_the_same_input_yields_the_same_intent_changed_ids(
-    deployment: Deployment, tmp_path
-) -> None:
+async def test_reprocessing_the_same_input_yields_the_same_intent_changed_ids(deployment: Deployment, tmp_path) -> None:
     bootstrap = deployment.broker.bootstrap_servers
     await replay(story_lines(), bootstrap, deployment.events_topic)
     deployment.start_worker()

@@ -8,12 +8,12 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
 
+from intent.demo import subscribe
 from intent.replay import replay
 from intent.settings import REPO_DIR
 from tests.integration.conftest import API_TOKEN, Deployment, read_until
@@ -47,23 +47,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     await runner.cleanup()
 
 
-async def subscribe(port: int, url: str, intents: list[str]) -> dict:
-    """Subscribe through the worker's API, waiting while it starts (503) or is not up yet."""
-    async with asyncio.timeout(120), aiohttp.ClientSession() as http:
-        while True:
-            try:
-                async with http.post(
-                    f"http://127.0.0.1:{port}/v1/subscriptions",
-                    json={"url": url, "intents": intents},
-                    headers={"Authorization": f"Bearer {API_TOKEN}"},
-                ) as response:
-                    if response.status == 201:
-                        return await response.json()
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(1)
-
-
 async def until(condition, timeout: float) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
@@ -76,7 +59,9 @@ async def test_the_story_reaches_the_subscriber_signed_with_suggestions_even_acr
     receiver.answers = [500]  # the first attempt fails; the retry is due 8 s later
     schedule = {"INTENT_WEBHOOK_RETRY_SCHEDULE": "0,8"}
     first = deployment.start_worker(**schedule)
-    subscription = await subscribe(deployment.web_ports[0], receiver.url, ["cold_flu_care"])
+    subscription = await subscribe(
+        f"http://127.0.0.1:{deployment.web_ports[0]}", API_TOKEN, receiver.url, 120, ["cold_flu_care"]
+    )
     await replay(story_lines(), deployment.broker.bootstrap_servers, deployment.events_topic)
     await until(lambda: len(receiver.received) == 1, 120)
     await asyncio.sleep(2)  # the pending retry reaches its changelog
@@ -103,7 +88,9 @@ async def test_undeliverable_changes_are_dead_lettered_and_replayed_by_the_comma
     receiver.answers = [503, 503]
     environment = {"INTENT_WEBHOOK_RETRY_SCHEDULE": "0,1"}
     deployment.start_worker(**environment)
-    subscription = await subscribe(deployment.web_ports[0], receiver.url, ["cold_flu_care"])
+    subscription = await subscribe(
+        f"http://127.0.0.1:{deployment.web_ports[0]}", API_TOKEN, receiver.url, 120, ["cold_flu_care"]
+    )
     await replay(story_lines(), deployment.broker.bootstrap_servers, deployment.events_topic)
     (letter,) = await read_until(
         deployment.broker.bootstrap_servers, deployment.webhook_dead_letter_topic, lambda r: len(r) >= 1, 120
@@ -113,8 +100,13 @@ async def test_undeliverable_changes_are_dead_lettered_and_replayed_by_the_comma
     assert letter["payload"]["to_intent"]["id"] == "cold_flu_care"
 
     replayed = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "intent", "webhooks", "replay"],
-        env=deployment.environment(), cwd=REPO_DIR, capture_output=True, text=True, timeout=120,
+        subprocess.run,
+        [sys.executable, "-m", "intent", "webhooks", "replay"],
+        env=deployment.environment(),
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert replayed.returncode == 0, replayed.stderr
     assert "1 delivered, 0 failed again" in replayed.stdout

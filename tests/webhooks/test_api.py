@@ -10,9 +10,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from intent.stores import DictStore
 from intent.taxonomy import load_taxonomy
 from intent.webhooks.api import SubscriptionsApi
-from intent.webhooks.delivery import Deliverer, DictPendingStore, parse_schedule
+from intent.webhooks.delivery import Deliverer, parse_schedule
 from intent.webhooks.subscriptions import SubscriptionLog
 from intent.webhooks.targets import TargetRejected, check_target, forbidden_reason
 
@@ -27,12 +28,27 @@ async def api_client(bootstrap: str, topic: str, allow_private: bool = False) ->
 
     async def ignore(*_: object) -> None: ...
 
-    deliverer = Deliverer(log.registry, DictPendingStore(), schedule=parse_schedule("0"), timeout_seconds=5,
-                          endpoint_concurrency=1, allow_private_urls=allow_private, dead_letter=ignore, disable=ignore)
+    deliverer = Deliverer(
+        log.registry,
+        DictStore(),
+        schedule=parse_schedule("0"),
+        timeout_seconds=5,
+        endpoint_concurrency=1,
+        allow_private_urls=allow_private,
+        dead_letter=ignore,
+        disable=ignore,
+    )
     await deliverer.start()
     app = web.Application()
-    SubscriptionsApi(log, deliverer, tokens=(TOKEN,), intent_ids=load_taxonomy().ids,
-                     allow_private_urls=allow_private, secret_overlap_seconds=3600, clock=time.time).add_routes(app)
+    SubscriptionsApi(
+        log,
+        deliverer,
+        tokens=(TOKEN,),
+        intent_ids=load_taxonomy().ids,
+        allow_private_urls=allow_private,
+        secret_overlap_seconds=3600,
+        clock=time.time,
+    ).add_routes(app)
     app.on_cleanup.append(lambda _: deliverer.stop())
     app.on_cleanup.append(lambda _: log.stop())
     client = TestClient(TestServer(app))
@@ -96,10 +112,12 @@ async def test_subscriptions_are_rebuilt_from_the_topic_by_a_new_process(broker)
     topic = f"subs-{uuid.uuid4().hex[:8]}"
     first, _ = await api_client(broker.bootstrap_servers, topic)
     try:
-        created = await (await first.post("/v1/subscriptions", json={"url": "https://93.184.215.14/a"},
-                                          headers=AUTH)).json()
-        gone = await (await first.post("/v1/subscriptions", json={"url": "https://93.184.215.14/b"},
-                                       headers=AUTH)).json()
+        created = await (
+            await first.post("/v1/subscriptions", json={"url": "https://93.184.215.14/a"}, headers=AUTH)
+        ).json()
+        gone = await (
+            await first.post("/v1/subscriptions", json={"url": "https://93.184.215.14/b"}, headers=AUTH)
+        ).json()
         await first.delete(f"/v1/subscriptions/{gone['id']}", headers=AUTH)
     finally:
         await first.close()
@@ -124,8 +142,9 @@ async def test_the_test_call_sends_a_signed_ping(broker) -> None:
     await receiver.start_server()
     http, _ = await api_client(broker.bootstrap_servers, f"subs-{uuid.uuid4().hex[:8]}", allow_private=True)
     try:
-        subscription = await (await http.post(
-            "/v1/subscriptions", json={"url": str(receiver.make_url("/hook"))}, headers=AUTH)).json()
+        subscription = await (
+            await http.post("/v1/subscriptions", json={"url": str(receiver.make_url("/hook"))}, headers=AUTH)
+        ).json()
         answer = await (await http.post(f"/v1/subscriptions/{subscription['id']}/test", headers=AUTH)).json()
     finally:
         await http.close()
@@ -138,7 +157,9 @@ async def test_the_openapi_document_describes_the_routes(client: TestClient) -> 
     document = await (await client.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.1")
     assert set(document["paths"]) == {
-        "/v1/subscriptions", "/v1/subscriptions/{id}", "/v1/subscriptions/{id}/rotate-secret",
+        "/v1/subscriptions",
+        "/v1/subscriptions/{id}",
+        "/v1/subscriptions/{id}/rotate-secret",
         "/v1/subscriptions/{id}/test",
     }
 

@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
 
-from intent.webhooks.delivery import Deliverer, DictPendingStore, parse_schedule, webhook_id
+from intent.stores import DictStore
+from intent.webhooks.delivery import Deliverer, parse_schedule, webhook_id
 from intent.webhooks.subscriptions import Subscription, SubscriptionRegistry
 
 CHANGE = {"id": "ic_0123", "type": "intent.changed", "to_intent": {"id": "cold_flu_care"}, "suggestions": []}
@@ -63,7 +64,7 @@ async def serve() -> AsyncIterator[Callable[[Receiver], Awaitable[Receiver]]]:
 @dataclass
 class Harness:
     registry: SubscriptionRegistry
-    store: DictPendingStore
+    store: DictStore
     dead_letters: list[dict[str, Any]]
     disabled: list[tuple[str, str]]
 
@@ -78,18 +79,25 @@ class Harness:
 
         async def disable(subscription: Subscription, reason: str) -> None:
             self.disabled.append((subscription.id, reason))
-            self.registry.apply(subscription.id, Subscription(**{**subscription.__dict__, "disabled_reason": reason}).to_bytes())
+            self.registry.apply(
+                subscription.id, Subscription(**{**subscription.__dict__, "disabled_reason": reason}).to_bytes()
+            )
 
         return Deliverer(
-            self.registry, self.store, schedule=parse_schedule(schedule),
-            timeout_seconds=options.get("timeout", 5.0), endpoint_concurrency=options.get("concurrency", 2),
-            allow_private_urls=True, dead_letter=dead_letter, disable=disable,
+            self.registry,
+            self.store,
+            schedule=parse_schedule(schedule),
+            timeout_seconds=options.get("timeout", 5.0),
+            endpoint_concurrency=options.get("concurrency", 2),
+            allow_private_urls=True,
+            dead_letter=dead_letter,
+            disable=disable,
         )
 
 
 @pytest.fixture
 def harness() -> Harness:
-    return Harness(SubscriptionRegistry(), DictPendingStore(), [], [])
+    return Harness(SubscriptionRegistry(), DictStore(), [], [])
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
