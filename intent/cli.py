@@ -188,12 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(handler=command_worker)
 
     replay = commands.add_parser("replay", help="send events from a file or a public dataset to the events topic")
-    replay.add_argument("file", help="a JSONL file, or the dataset's folder or CSV for --format diginetica|rees46")
+    replay.add_argument("file", help="a JSONL file, or for the other formats a dataset's folder or one of its files")
     replay.add_argument(
         "--format",
         choices=FORMATS,
         default="jsonl",
-        help="jsonl (our format), diginetica (CIKM Cup 2016) or rees46 (see intent/datasets.py)",
+        help="jsonl (our format), diginetica (CIKM Cup 2016), rees46 (store events) or instacart "
+        "(baskets); the mappings are documented in intent/datasets.py",
     )
     replay.add_argument(
         "--speed", type=float, default=0.0, help="keep the events' timing, this many times faster (default: no waiting)"

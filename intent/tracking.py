@@ -29,7 +29,6 @@ from intent.model import IntentModel
 from intent.stores import KeyValueStore
 from intent.window import Window, WindowPolicy, expand, session_key
 
-
 CATEGORY_COLUMN = FEATURE_COLUMNS.index("category")
 
 
