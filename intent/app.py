@@ -32,7 +32,7 @@ from intent.suggest import CrowdCounts, MerchandisingRules, Suggester
 from intent.taxonomy import load_catalogue, load_taxonomy
 from intent.tracking import IntentTracker
 from intent.webhooks.api import SubscriptionsApi
-from intent.webhooks.delivery import Deliverer, parse_schedule
+from intent.webhooks.delivery import Deliverer, PayloadTooLarge, parse_schedule
 from intent.webhooks.subscriptions import Subscription, SubscriptionLog
 from intent.window import WindowPolicy
 
@@ -203,6 +203,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
         allow_private_urls=settings.webhook_allow_private_urls,
         dead_letter=dead_letter_delivery,
         disable=disable,
+        owned_partitions=owned_change_partitions,  # after a rebalance, the new owner retries
     )
     worker = IntentWorker(
         app,
@@ -240,7 +241,10 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
             caps_store.put(shopper, decision.cap_state, event.message.partition)
             matching = subscriptions.registry.matching(change["to_intent"]["id"])
             if matching:
-                deliverer.enqueue(change, matching, event.message.partition)
+                try:
+                    deliverer.enqueue(change, matching, event.message.partition)
+                except PayloadTooLarge as error:  # cannot happen for our own payloads (trimmed)
+                    log.error("intent change %s not delivered: %s", change["id"], error)
 
     @app.service
     class WebhookDelivery(mode.Service):

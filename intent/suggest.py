@@ -1,26 +1,38 @@
 """Suggestions for a new intent: catalogue products ranked under merchandising rules, plus the crowd.
 
-Rules come from a JSON file (`INTENT_MERCHANDISING_RULES`, default `intent/data/merchandising.json`):
+This stage runs when the detector reports an intent change; its output goes into the webhook
+payload (`intent.policy.webhook_payload`). Rules come from a JSON file (`INTENT_MERCHANDISING_RULES`,
+default `intent/data/merchandising.json`); every key is optional and an unknown key is an error, so
+a misspelt rule fails at start-up instead of being ignored:
 
-    pinned               {intent: [product_id, ...]}  always first, when eligible
-    boosted_products     {product_id: factor}         score multipliers
-    boosted_brands       {brand: factor}
-    excluded_brands      [brand, ...]                 never suggested
-    excluded_categories  [category, ...]
-    price_ceiling_ratio  1.5                          at most 1.5 x the dearest product the shopper
-                                                      viewed in the window (no ceiling without views)
-    crowd_blend_below_events 3                        windows shorter than this lean on the crowd
+    version                  1
+    pinned                   {intent: [product_id, ...]}  always first, in this order, when eligible
+    boosted_products         {product_id: factor}         score multipliers (> 0)
+    boosted_brands           {brand: factor}
+    excluded_brands          [brand, ...]                 never suggested
+    excluded_categories      [category, ...]
+    price_ceiling_ratio      1.5                          suggestions cost at most 1.5 x ...
+    price_ceiling_basis      "max"                        ... the "max" or "median" price of the
+                                                          products viewed in the window; null
+                                                          ratio or no viewed price: no ceiling
+    crowd_blend_below_events 3                            windows shorter than this lean on the crowd
 
-Eligible: in stock, not excluded, under the price ceiling, not bought in the window. A product's score
-is its category's weight for the intent, times its boosts, raised when the shopper viewed that
-category lately, plus what the crowd says: decayed co-view and co-purchase counts of the products in
-the window (`CrowdCounts`). For anonymous or new shoppers with little signal the crowd's neighbours
-fill the list: the opening salvo. Each suggestion carries its reasons.
+Eligible: in stock, not an excluded brand or category, under the price ceiling, not bought in the
+window (the products of its `Order Completed` events). A product of the intent's categories scores
+its category's weight for the intent, times its boosts, times 1.5 when the shopper viewed that
+category lately; the crowd (`CrowdCounts`: decayed co-view and co-purchase counts of the stream)
+adds a bonus for the neighbours of the window's products. With enough signal the crowd only
+reorders the intent's own products; for anonymous or new shoppers with little signal it also brings
+its own neighbours in, whatever their category: the opening salvo, said so in the reasons as
+`crowd_opening`. Each suggestion carries its reasons as `{code, text}`: a machine-readable code
+(`pinned`, `intent_category`, `recently_viewed_category`, `boosted_product`, `boosted_brand`,
+`crowd`, `crowd_opening`) and a sentence a shopper could read.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +45,24 @@ from intent.taxonomy import Product, Taxonomy
 PURCHASE_WEIGHT = 3.0  # a co-purchase says more than a co-view
 MAX_NEIGHBOURS = 50  # kept per product after a prune; a prune runs when twice as many gathered
 MAX_PRODUCTS = 50_000
-PRUNE_BELOW = 0.05
+PRUNE_BELOW = 0.05  # a tie this weak (about four half-lives after one view) says nothing
+RECENT_EVENTS = 10  # the window's tail whose categories count as the shopper's recent views
+RECENT_CATEGORY_BOOST = 1.5
+CROWD_BLEND_WEIGHT = 0.3  # the crowd's bonus next to category weights, once the shopper has signal
+PRICE_CEILING_BASES = ("max", "median")
+_RULE_KEYS = frozenset(
+    {
+        "version",
+        "pinned",
+        "boosted_products",
+        "boosted_brands",
+        "excluded_brands",
+        "excluded_categories",
+        "price_ceiling_ratio",
+        "price_ceiling_basis",
+        "crowd_blend_below_events",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -44,83 +73,156 @@ class MerchandisingRules:
     excluded_brands: frozenset[str] = frozenset()
     excluded_categories: frozenset[str] = frozenset()
     price_ceiling_ratio: float | None = 1.5
+    price_ceiling_basis: str = "max"
     crowd_blend_below_events: int = 3
+
+    def __post_init__(self) -> None:
+        if self.price_ceiling_basis not in PRICE_CEILING_BASES:
+            raise ValueError(f"price_ceiling_basis: one of {PRICE_CEILING_BASES}, got {self.price_ceiling_basis!r}")
+        if self.price_ceiling_ratio is not None and self.price_ceiling_ratio <= 0:
+            raise ValueError(f"price_ceiling_ratio: a positive number or null, got {self.price_ceiling_ratio}")
+        for name, factors in (("boosted_products", self.boosted_products), ("boosted_brands", self.boosted_brands)):
+            if any(factor <= 0 for factor in factors.values()):
+                raise ValueError(f"{name}: factors are positive; exclude instead of boosting by zero")
 
     @classmethod
     def load(cls, path: Path) -> MerchandisingRules:
         raw = orjson.loads(path.read_bytes())
-        return cls(
-            pinned={intent: tuple(ids) for intent, ids in raw.get("pinned", {}).items()},
-            boosted_products={k: float(v) for k, v in raw.get("boosted_products", {}).items()},
-            boosted_brands={k: float(v) for k, v in raw.get("boosted_brands", {}).items()},
-            excluded_brands=frozenset(raw.get("excluded_brands", [])),
-            excluded_categories=frozenset(raw.get("excluded_categories", [])),
-            price_ceiling_ratio=raw.get("price_ceiling_ratio"),
-            crowd_blend_below_events=int(raw.get("crowd_blend_below_events", 3)),
-        )
+        unknown = set(raw) - _RULE_KEYS
+        if unknown:
+            raise ValueError(f"{path}: unknown merchandising rules {sorted(unknown)}")
+        try:
+            return cls(
+                pinned={intent: tuple(ids) for intent, ids in raw.get("pinned", {}).items()},
+                boosted_products={k: float(v) for k, v in raw.get("boosted_products", {}).items()},
+                boosted_brands={k: float(v) for k, v in raw.get("boosted_brands", {}).items()},
+                excluded_brands=frozenset(raw.get("excluded_brands", [])),
+                excluded_categories=frozenset(raw.get("excluded_categories", [])),
+                price_ceiling_ratio=raw.get("price_ceiling_ratio", 1.5),
+                price_ceiling_basis=raw.get("price_ceiling_basis", "max"),
+                crowd_blend_below_events=int(raw.get("crowd_blend_below_events", 3)),
+            )
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+
+    def price_ceiling(self, viewed_prices: Sequence[float]) -> float | None:
+        """The dearest price worth suggesting to a shopper who viewed these prices."""
+        if not viewed_prices or self.price_ceiling_ratio is None:
+            return None
+        basis = max(viewed_prices) if self.price_ceiling_basis == "max" else statistics.median(viewed_prices)
+        return basis * self.price_ceiling_ratio
+
+
+@dataclass(frozen=True, slots=True)
+class CrowdTie:
+    """What the crowd says about one neighbour of the window's products."""
+
+    score: float  # decayed co-views plus PURCHASE_WEIGHT x decayed co-purchases, over the window
+    source: str  # the window product it is tied to most strongly
+    bought: bool  # co-purchases carry most of the score
 
 
 class CrowdCounts:
-    """Exponentially decayed co-occurrence counts between products, bounded in memory.
+    """Exponentially decayed co-view and co-purchase counts between products, bounded in memory.
 
-    Each worker learns from the events it processes (its partitions' shoppers); counts are kept per
-    product as {neighbour: [weight, updated_at]} and decay with `half_life_seconds`.
+    Each worker learns from the events it processes (its partitions' shoppers). A product's ties
+    are `{neighbour: [views, purchases, updated_at]}`, decaying with `half_life_seconds` of event
+    time; they are one orjson value per product (`product_bytes`, `restore`), so the app can keep
+    them in a table keyed by product id. Memory is bounded twice: a product keeps its
+    `max_neighbours` strongest ties (pruned when twice as many gathered, dropping the weak ones),
+    and past `max_products` products (plus a tenth, so the sort is amortised) the products whose
+    strongest tie is weakest are forgotten.
     """
 
-    def __init__(self, half_life_seconds: float) -> None:
+    def __init__(
+        self, half_life_seconds: float, max_neighbours: int = MAX_NEIGHBOURS, max_products: int = MAX_PRODUCTS
+    ) -> None:
         self.half_life = half_life_seconds
-        self.pairs: dict[str, dict[str, list[float]]] = {}
+        self.max_neighbours = max_neighbours
+        self.max_products = max_products
+        self.ties: dict[str, dict[str, list[float]]] = {}
 
-    def _decayed(self, entry: list[float], now: float) -> float:
-        return entry[0] * 0.5 ** (max(0.0, now - entry[1]) / self.half_life)
+    def _decay(self, since: float, until: float) -> float:
+        return 0.5 ** (max(0.0, until - since) / self.half_life)
 
-    def observe(self, seen: Iterable[str], product: str, purchased: bool, now: float) -> None:
-        """`product` was viewed (or bought) in a session where `seen` had been viewed before."""
-        weight = PURCHASE_WEIGHT if purchased else 1.0
-        for other in set(seen) - {product}:
+    def _score(self, tie: list[float], now: float) -> float:
+        views, purchases, updated_at = tie
+        return (views + PURCHASE_WEIGHT * purchases) * self._decay(updated_at, now)
+
+    def observe(self, seen: Iterable[str], product: str, purchased: bool, now: float) -> set[str]:
+        """`product` was viewed (or bought) at `now` in a visit where `seen` had been viewed before.
+
+        Returns the products whose ties changed: store `product_bytes(p)` for each, or delete the
+        key where it is None (the product was forgotten)."""
+        others = set(seen) - {product}
+        weight_index = 1 if purchased else 0
+        for other in others:
             for a, b in ((product, other), (other, product)):
-                neighbours = self.pairs.setdefault(a, {})
-                entry = neighbours.get(b)
-                neighbours[b] = [weight + (self._decayed(entry, now) if entry else 0.0), now]
-                if len(neighbours) > 2 * MAX_NEIGHBOURS:  # amortised: a sort per 50 new neighbours
-                    self._prune(neighbours, now)
-        if len(self.pairs) > MAX_PRODUCTS:
-            # forget the products whose strongest tie is weakest: they say the least
-            ranked = sorted(
-                self.pairs, key=lambda p: max((self._decayed(e, now) for e in self.pairs[p].values()), default=0.0)
-            )
-            for stale in ranked[: len(self.pairs) - MAX_PRODUCTS]:
-                del self.pairs[stale]
+                neighbours = self.ties.setdefault(a, {})
+                tie = neighbours.get(b)
+                if tie is None:
+                    neighbours[b] = [0.0, 1.0, now] if purchased else [1.0, 0.0, now]
+                elif now >= tie[2]:
+                    kept = 0.5 ** ((now - tie[2]) / self.half_life)
+                    tie[0], tie[1], tie[2] = tie[0] * kept, tie[1] * kept, now
+                    tie[weight_index] += 1.0
+                else:  # a late event adds its weight decayed to the tie's time: a tie never grows older
+                    tie[weight_index] += 0.5 ** ((tie[2] - now) / self.half_life)
+                if len(neighbours) > 2 * self.max_neighbours:
+                    self._prune(a, now)
+        changed = {product, *others} if others else set()
+        if len(self.ties) > self.max_products + max(1, self.max_products // 10):
+            changed |= self._forget_weakest_products(now)
+        return changed
 
-    def _prune(self, neighbours: dict[str, list[float]], now: float) -> None:
-        scores = {name: self._decayed(entry, now) for name, entry in neighbours.items()}
-        ranked = sorted(scores, key=scores.__getitem__, reverse=True)
-        for weak in ranked[MAX_NEIGHBOURS:]:
-            del neighbours[weak]
-        for name in ranked[:MAX_NEIGHBOURS]:
-            if scores[name] < PRUNE_BELOW:
-                del neighbours[name]
+    def _prune(self, product: str, now: float) -> None:
+        neighbours = self.ties[product]
+        scores = {name: self._score(tie, now) for name, tie in neighbours.items()}
+        strongest = sorted(scores, key=lambda name: (-scores[name], name))[: self.max_neighbours]
+        kept = {name: neighbours[name] for name in strongest if scores[name] >= PRUNE_BELOW}
+        if kept:
+            self.ties[product] = kept
+        else:
+            del self.ties[product]
 
-    def neighbours(self, products: Sequence[str], now: float) -> dict[str, tuple[float, str]]:
-        """Neighbour -> (decayed score, the window product it is tied to most)."""
-        found: dict[str, tuple[float, str]] = {}
-        for product in products:
-            for neighbour, entry in self.pairs.get(product, {}).items():
-                score = self._decayed(entry, now)
-                best = found.get(neighbour)
-                total = score + (best[0] if best else 0.0)
-                source = product if best is None or score > best[0] else best[1]
-                found[neighbour] = (total, source)
-        return found
+    def _forget_weakest_products(self, now: float) -> set[str]:
+        strength = {
+            product: max(self._score(tie, now) for tie in neighbours.values())
+            for product, neighbours in self.ties.items()
+        }
+        weakest = sorted(strength, key=lambda product: (strength[product], product))
+        forgotten = set(weakest[: len(self.ties) - self.max_products])
+        for product in forgotten:
+            del self.ties[product]
+        return forgotten
 
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.pairs)
+    def neighbours(self, products: Sequence[str], now: float) -> dict[str, CrowdTie]:
+        """The crowd's neighbours of `products` (a window's, oldest first), summed over them."""
+        totals: dict[str, float] = {}
+        bought: dict[str, float] = {}
+        strongest: dict[str, tuple[float, str]] = {}
+        for product in dict.fromkeys(products):
+            for neighbour, (views, purchases, updated_at) in self.ties.get(product, {}).items():
+                decay = self._decay(updated_at, now)
+                from_purchases = PURCHASE_WEIGHT * purchases * decay
+                score = views * decay + from_purchases
+                totals[neighbour] = totals.get(neighbour, 0.0) + score
+                bought[neighbour] = bought.get(neighbour, 0.0) + from_purchases
+                if neighbour not in strongest or score > strongest[neighbour][0]:
+                    strongest[neighbour] = (score, product)
+        return {
+            neighbour: CrowdTie(total, strongest[neighbour][1], bought[neighbour] > total / 2)
+            for neighbour, total in totals.items()
+        }
 
-    @classmethod
-    def from_bytes(cls, raw: bytes, half_life_seconds: float) -> CrowdCounts:
-        counts = cls(half_life_seconds)
-        counts.pairs = orjson.loads(raw)
-        return counts
+    def product_bytes(self, product: str) -> bytes | None:
+        """One product's ties as a table value; None when it has none (delete the key)."""
+        neighbours = self.ties.get(product)
+        return orjson.dumps(neighbours) if neighbours else None
+
+    def restore(self, product: str, raw: bytes) -> None:
+        """Load a product's ties from `product_bytes`, e.g. while a table recovers."""
+        self.ties[product] = orjson.loads(raw)
 
 
 class Suggester:
@@ -139,17 +241,14 @@ class Suggester:
         self.max_items = max_items
 
     def suggest(self, intent_id: str, window: Sequence[dict[str, Any]], now: float) -> list[dict[str, Any]]:
-        """Ranked suggestions for `intent_id`, given the window's compact event records."""
+        """Ranked suggestions for `intent_id`, given the window's compact event records
+        (`intent.window.compact`, oldest first) and the time the crowd's counts decay to."""
         intent = self.taxonomy.get(intent_id)
         bought = {p for r in window if r.get("e") == "Order Completed" for p in [*r.get("ps", ()), r.get("p")] if p}
-        viewed_prices = [r["pr"] for r in window if r.get("e") == "Product Viewed" and "pr" in r]
-        ceiling = (
-            max(viewed_prices) * self.rules.price_ceiling_ratio
-            if viewed_prices and self.rules.price_ceiling_ratio is not None
-            else None
-        )
-        recent_categories = {r["c"] for r in window[-10:] if "c" in r}
+        ceiling = self.rules.price_ceiling([r["pr"] for r in window if r.get("e") == "Product Viewed" and "pr" in r])
+        recent_categories = {r["c"] for r in window[-RECENT_EVENTS:] if "c" in r}
         window_products = list(dict.fromkeys(r["p"] for r in window if "p" in r))
+        little_signal = len(window) < self.rules.crowd_blend_below_events
 
         def eligible(product: Product) -> bool:
             return (
@@ -168,7 +267,7 @@ class Suggester:
             reasons = [_reason("intent_category", f"in {product.category}, typical of {intent.label.lower()}")]
             score = weight
             if product.category in recent_categories:
-                score *= 1.5
+                score *= RECENT_CATEGORY_BOOST
                 reasons.append(_reason("recently_viewed_category", f"matches your recent views of {product.category}"))
             for factor, code, text in (
                 (self.rules.boosted_products.get(product.product_id), "boosted_product", "promoted product"),
@@ -179,27 +278,29 @@ class Suggester:
                     reasons.append(_reason(code, text))
             scored[product.product_id] = (score, reasons)
 
-        crowd_weight = 1.0 if len(window) < self.rules.crowd_blend_below_events else 0.3
-        for neighbour, (count, source) in self.crowd.neighbours(window_products, now).items():
+        # An intent without categories (browsing) has only the crowd to go on, like a new shopper.
+        crowd_leads = little_signal or not intent.categories
+        crowd_weight = 1.0 if crowd_leads else CROWD_BLEND_WEIGHT
+        for neighbour, tie in self.crowd.neighbours(window_products, now).items():
             product = self.products.get(neighbour)
             if product is None or not eligible(product) or neighbour in window_products:
                 continue
-            in_intent = product.category in intent.categories
-            if not in_intent and len(window) >= self.rules.crowd_blend_below_events:
-                continue  # with enough signal, the crowd only reorders the intent's own products
-            source_name = self.products[source].name if source in self.products else source
-            bonus = crowd_weight * (1 - math.exp(-count))
-            score, reasons = scored.get(neighbour, (0.0, []))
-            scored[neighbour] = (
-                score + bonus,
-                [*reasons, _reason("crowd", f"often bought or viewed with {source_name}")],
+            if product.category not in intent.categories and not crowd_leads:
+                continue
+            source = self.products[tie.source].name if tie.source in self.products else tie.source
+            together = f"often {'bought' if tie.bought else 'viewed'} with {source}"
+            reason = (
+                _reason("crowd_opening", f"{together} by other shoppers: a first pick while your visit is new")
+                if little_signal
+                else _reason("crowd", together)
             )
+            score, reasons = scored.get(neighbour, (0.0, []))
+            scored[neighbour] = (score + crowd_weight * (1 - math.exp(-tie.score)), [*reasons, reason])
 
         pinned = [p for p in self.rules.pinned.get(intent_id, ()) if p in self.products and eligible(self.products[p])]
         ranked = sorted(scored, key=lambda pid: (-scored[pid][0], pid))
-        order = list(dict.fromkeys([*pinned, *ranked]))[: self.max_items]
         suggestions = []
-        for product_id in order:
+        for product_id in list(dict.fromkeys([*pinned, *ranked]))[: self.max_items]:
             product = self.products[product_id]
             score, reasons = scored.get(product_id, (0.0, []))
             if product_id in pinned:

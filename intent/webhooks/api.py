@@ -76,10 +76,10 @@ class SubscriptionsApi:
         async def guarded(request: web.Request) -> web.StreamResponse:
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
-            authorised = scheme.lower() == "bearer" and any(
-                hmac.compare_digest(token.encode(), known.encode()) for known in self.tokens
-            )
-            if not authorised:
+            # every token is compared (no early exit), each in constant time: the answer's timing
+            # tells nothing about how close a guess was, nor which token it matched
+            matches = [hmac.compare_digest(token.encode(), known.encode()) for known in self.tokens]
+            if scheme.lower() != "bearer" or not any(matches):
                 return error(401, "a valid `Authorization: Bearer <token>` header is required")
             if not self.log.started:
                 return error(503, "the worker is starting: subscriptions are not loaded yet")
@@ -193,13 +193,12 @@ def openapi_document(intent_ids: tuple[str, ...]) -> dict[str, Any]:
             {"type": "object", "properties": {"secret": {"type": "string"}}, "required": ["secret"]},
         ]
     }
+    error_content = {"application/json": {"schema": error_schema}}
     responses_common = {
-        "401": {
-            "description": "missing or wrong bearer token",
-            "content": {"application/json": {"schema": error_schema}},
-        },
+        "401": {"description": "missing or wrong bearer token", "content": error_content},
+        "503": {"description": "the worker is starting: subscriptions are not loaded yet", "content": error_content},
     }
-    not_found = {"404": {"description": "no such subscription"}}
+    not_found = {"404": {"description": "no such subscription", "content": error_content}}
     identifier = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
     return {
         "openapi": "3.1.0",
@@ -224,6 +223,7 @@ def openapi_document(intent_ids: tuple[str, ...]) -> dict[str, Any]:
                                         "intents": {
                                             "type": "array",
                                             "items": {"type": "string", "enum": list(intent_ids)},
+                                            "description": "intents to deliver changes to; empty or absent: all",
                                         },
                                         "description": {"type": "string", "maxLength": MAX_DESCRIPTION},
                                     },

@@ -3,7 +3,9 @@
 `enqueue` stores one pending delivery per subscription and returns at once; attempts run as tasks,
 at most `endpoint_concurrency` at a time per endpoint, so a slow or dead endpoint delays only its
 own deliveries. Pending deliveries live in a `KeyValueStore` (a changelogged Faust table in the
-worker), with the absolute time of their next attempt, so a restarted worker resumes their schedule.
+worker), with the absolute time of their next attempt, so a restarted worker resumes their schedule;
+a worker attempts only the deliveries of the partitions it owns, so after a rebalance each pending
+delivery has one sender.
 
 Outcomes: 2xx ends a delivery; 410 Gone disables the subscription; 429, 502 and 504 back off
 (honouring `Retry-After` when it asks for more than the schedule); anything else, a timeout or a
@@ -14,10 +16,11 @@ with the payload, the endpoint and every attempt.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +33,7 @@ from intent.events import iso_time
 from intent.stores import DictStore, KeyValueStore
 from intent.webhooks.signing import webhook_headers
 from intent.webhooks.subscriptions import Subscription, SubscriptionRegistry
-from intent.webhooks.targets import TargetRejected, check_target
+from intent.webhooks.targets import PublicOnlyResolver, TargetRejected, check_target
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class Attempt:
     seconds: float
     status: int | None = None  # the HTTP status, if the endpoint answered
     error: str | None = None  # otherwise what went wrong
+    retry_after: float | None = None  # seconds a 429, 502 or 504 answer asked us to wait
 
     def public(self) -> dict[str, Any]:
         return {"at": iso_time(self.at), "seconds": round(self.seconds, 4), "status": self.status, "error": self.error}
@@ -87,13 +91,18 @@ def parse_schedule(text: str) -> tuple[float, ...]:
     return delays
 
 
-def retry_after_seconds(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """A `Retry-After` header's wait in seconds: either form of RFC 9110 (seconds or an HTTP date)."""
     if value is None:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
-        return None  # an HTTP date: rare from webhook receivers; the schedule applies
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError):
+        return None  # unreadable: the schedule applies
 
 
 class Deliverer:
@@ -108,6 +117,7 @@ class Deliverer:
         allow_private_urls: bool,
         dead_letter: Callable[[dict[str, Any]], Awaitable[None]],
         disable: Callable[[Subscription, str], Awaitable[None]],
+        owned_partitions: Callable[[], Container[int]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
@@ -118,15 +128,18 @@ class Deliverer:
         self.allow_private_urls = allow_private_urls
         self._dead_letter = dead_letter
         self._disable = disable
+        self._owned_partitions = owned_partitions  # None: this process sends every pending delivery
         self.clock = clock
         self._endpoints: dict[str, asyncio.Semaphore] = {}
         self._in_flight: dict[str, asyncio.Task[None]] = {}
-        self._retry_after: dict[str, float] = {}  # webhook id -> seconds the endpoint asked for
         self._session: aiohttp.ClientSession | None = None
         self._scanner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=self.timeout)
+        # No pool-wide connection limit (aiohttp's default is 100): the per-endpoint semaphores bound
+        # the connections, and a shared limit would let a few dead endpoints starve the others.
+        connector = aiohttp.TCPConnector(limit=0, resolver=None if self.allow_private_urls else PublicOnlyResolver())
+        self._session = aiohttp.ClientSession(timeout=self.timeout, connector=connector)
         self._scanner = asyncio.create_task(self._scan_forever(), name="webhook-retries")
 
     async def stop(self) -> None:
@@ -179,8 +192,13 @@ class Deliverer:
     async def _scan_forever(self) -> None:
         while True:
             now = self.clock()
-            for delivery in self.pending():
-                if delivery.next_attempt_at <= now:
+            owned = self._owned_partitions() if self._owned_partitions else None
+            for key, raw in self.store.items():
+                if key in self._in_flight:
+                    continue
+                delivery = Delivery.from_bytes(raw)
+                # a table keeps the rows of partitions revoked by a rebalance: their new owner sends them
+                if delivery.next_attempt_at <= now and (owned is None or delivery.partition in owned):
                     self._launch(delivery)
             await asyncio.sleep(SCAN_INTERVAL_SECONDS)
 
@@ -189,32 +207,47 @@ class Deliverer:
         if raw is None:
             return
         delivery = Delivery.from_bytes(raw)
-        subscription = self.registry.get(delivery.subscription_id)
-        if subscription is None or not subscription.enabled:
-            self.store.delete(key, delivery.partition)  # unsubscribed or disabled meanwhile
-            metrics.WEBHOOK_ATTEMPTS.labels("dropped_unsubscribed").inc()
-            return
         semaphore = self._endpoints.setdefault(
-            urlsplit(subscription.url).netloc, asyncio.Semaphore(self.endpoint_concurrency)
+            urlsplit(delivery.url).netloc, asyncio.Semaphore(self.endpoint_concurrency)
         )
         async with semaphore:
+            if not self._owns(delivery.partition):
+                return
+            # looked up after the wait for a free slot: the subscription may have changed meanwhile
+            subscription = self.registry.get(delivery.subscription_id)
+            if subscription is None or not subscription.enabled:
+                self.store.delete(key, delivery.partition)
+                metrics.WEBHOOK_ATTEMPTS.labels("dropped_unsubscribed").inc()
+                return
             attempt = await self.send_once(subscription, delivery.webhook_id, delivery.payload)
+        if not self._owns(delivery.partition):
+            return  # revoked during the attempt: the new owner retries it, with the same webhook-id
         delivery.attempts.append(attempt)
         if attempt.status is not None and 200 <= attempt.status < 300:
             self.store.delete(key, delivery.partition)
         elif attempt.status == 410:
             self.store.delete(key, delivery.partition)
-            await self._disable(subscription, "the endpoint answered 410 Gone")
+            await self._disable_gone(subscription.id)
         elif len(delivery.attempts) >= len(self.schedule):
             self.store.delete(key, delivery.partition)
             await self._dead_letter(self._dead_letter_record(delivery))
             metrics.WEBHOOK_ATTEMPTS.labels("dead_lettered").inc()
         else:
             delay = self.schedule[len(delivery.attempts)]
-            if attempt.status in BACK_OFF_STATUSES:
-                delay = max(delay, self._retry_after.pop(key, 0.0))
+            if attempt.retry_after is not None:
+                delay = max(delay, attempt.retry_after)
             delivery.next_attempt_at = self.clock() + delay
             self.store.put(key, delivery.to_bytes(), delivery.partition)
+
+    def _owns(self, partition: int) -> bool:
+        return self._owned_partitions is None or partition in self._owned_partitions()
+
+    async def _disable_gone(self, subscription_id: str) -> None:
+        # The latest state, not the one the attempt started with: writing that back could undo a
+        # rotation or bring back a subscription deleted meanwhile.
+        latest = self.registry.get(subscription_id)
+        if latest is not None and latest.enabled:
+            await self._disable(latest, "the endpoint answered 410 Gone")
 
     async def send_once(self, subscription: Subscription, message_id: str, payload: dict[str, Any]) -> Attempt:
         """One signed attempt, whatever its outcome (retries are the caller's business)."""
@@ -229,11 +262,12 @@ class Deliverer:
                 subscription.url, data=body, headers=headers, allow_redirects=False
             ) as response:
                 await response.read()
-                attempt = Attempt(at, time.perf_counter() - started, status=response.status)
-                if response.status in BACK_OFF_STATUSES:
-                    wait = retry_after_seconds(response.headers.get("Retry-After"))
-                    if wait is not None:
-                        self._retry_after[message_id] = wait
+                retry_after = (
+                    retry_after_seconds(response.headers.get("Retry-After"), at)
+                    if response.status in BACK_OFF_STATUSES
+                    else None
+                )
+                attempt = Attempt(at, time.perf_counter() - started, status=response.status, retry_after=retry_after)
         except TargetRejected as error:
             attempt = Attempt(at, time.perf_counter() - started, error=f"target rejected: {error.reason}")
         except TimeoutError:

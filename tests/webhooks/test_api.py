@@ -15,7 +15,6 @@ from intent.taxonomy import load_taxonomy
 from intent.webhooks.api import SubscriptionsApi
 from intent.webhooks.delivery import Deliverer, parse_schedule
 from intent.webhooks.subscriptions import SubscriptionLog
-from intent.webhooks.targets import TargetRejected, check_target, forbidden_reason
 
 pytestmark = pytest.mark.integration
 TOKEN = "secret-token"
@@ -162,26 +161,3 @@ async def test_the_openapi_document_describes_the_routes(client: TestClient) -> 
         "/v1/subscriptions/{id}/rotate-secret",
         "/v1/subscriptions/{id}/test",
     }
-
-
-@pytest.mark.parametrize(
-    ("url", "reason"),
-    [
-        ("https://127.0.0.1/hook", "loopback"),
-        ("https://10.1.2.3/hook", "private"),
-        ("https://169.254.169.254/latest/meta-data", "link-local"),
-        ("https://[::1]/hook", "loopback"),
-        ("https://[::ffff:127.0.0.1]/hook", "loopback"),
-        ("https://[fd00:ec2::254]/", "metadata"),
-        ("http://93.184.215.14/hook", "https"),
-        ("https://user:pw@93.184.215.14/", "credentials"),
-    ],
-)
-async def test_requests_to_internal_targets_are_refused(url: str, reason: str) -> None:
-    with pytest.raises(TargetRejected, match=reason):
-        await check_target(url, allow_private=False)
-
-
-async def test_private_targets_are_allowed_only_with_the_setting() -> None:
-    await check_target("http://127.0.0.1:8000/hook", allow_private=True)
-    assert forbidden_reason("93.184.215.14") is None

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from standardwebhooks import Webhook
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from intent.stores import DictStore
 from intent.webhooks.delivery import Deliverer, parse_schedule, webhook_id
@@ -25,18 +26,21 @@ class Receiver:
     """A real aiohttp server whose answers the test scripts: a list of statuses, then 200."""
 
     answers: list[int] = field(default_factory=list)
-    delay: float = 0.0
-    retry_after: str | None = None  # sent with 429s
+    hold: asyncio.Event | None = None  # when set, every answer waits for it: a slow endpoint
+    retry_after: str | None = None  # sent with 429, 502 and 504 answers
+    on_request: Callable[[], None] | None = None
     received: list[tuple[dict[str, str], bytes, float]] = field(default_factory=list)
     url: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.received.append((dict(request.headers), body, time.monotonic()))
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        if self.on_request:
+            self.on_request()
+        if self.hold:
+            await self.hold.wait()
         status = self.answers.pop(0) if self.answers else 200
-        headers = {"Retry-After": self.retry_after} if status == 429 and self.retry_after else {}
+        headers = {"Retry-After": self.retry_after} if status in (429, 502, 504) and self.retry_after else {}
         return web.Response(status=status, headers=headers)
 
 
@@ -79,9 +83,7 @@ class Harness:
 
         async def disable(subscription: Subscription, reason: str) -> None:
             self.disabled.append((subscription.id, reason))
-            self.registry.apply(
-                subscription.id, Subscription(**{**subscription.__dict__, "disabled_reason": reason}).to_bytes()
-            )
+            self.registry.apply(subscription.id, replace(subscription, disabled_reason=reason).to_bytes())
 
         return Deliverer(
             self.registry,
@@ -89,9 +91,11 @@ class Harness:
             schedule=parse_schedule(schedule),
             timeout_seconds=options.get("timeout", 5.0),
             endpoint_concurrency=options.get("concurrency", 2),
-            allow_private_urls=True,
+            allow_private_urls=options.get("allow_private", True),
             dead_letter=dead_letter,
             disable=disable,
+            owned_partitions=options.get("owned_partitions"),
+            clock=options.get("clock", time.time),
         )
 
 
@@ -168,21 +172,21 @@ async def test_an_unreachable_endpoint_records_the_error_of_each_attempt(harness
 
 
 async def test_a_slow_receiver_does_not_delay_another(serve, harness) -> None:
-    slow = await serve(Receiver(delay=3.0))
+    slow = await serve(Receiver(hold=asyncio.Event()))  # answers nothing until the test lets it
     fast = await serve(Receiver())
     deliverer = harness.deliverer(concurrency=1)
     await deliverer.start()
     try:
-        started = time.monotonic()
         for number in range(3):  # a queue of deliveries for the slow endpoint
             deliverer.enqueue({**CHANGE, "id": f"ic_{number}"}, [harness.subscribe(slow.url)], partition=0)
+        await until(lambda: len(slow.received) == 1)
         deliverer.enqueue(CHANGE, [harness.subscribe(fast.url)], partition=0)
-        await until(lambda: len(fast.received) == 1)
+        await until(lambda: len(fast.received) == 1)  # while the slow endpoint still holds its request
+        assert len(slow.received) == 1  # concurrency 1: the slow endpoint had one attempt in flight
+        slow.hold.set()
+        await until(lambda: len(slow.received) == 3 and not harness.store.data)
     finally:
         await deliverer.stop()
-    fast_arrival = fast.received[0][2] - started
-    assert fast_arrival < slow.delay  # it did not wait behind the slow endpoint's queue
-    assert len(slow.received) == 1  # concurrency 1: the slow endpoint had one attempt in flight
 
 
 async def test_pending_deliveries_survive_a_restart_and_are_delivered_after_it(serve, harness) -> None:
@@ -219,18 +223,49 @@ async def test_410_gone_disables_the_subscription_and_ends_the_delivery(serve, h
     assert len(receiver.received) == 1 and harness.store.data == {} and harness.dead_letters == []
 
 
-async def test_429_backs_off_for_as_long_as_retry_after_asks(serve, harness) -> None:
-    receiver = await serve(Receiver(answers=[429], retry_after="1"))
-    subscription = harness.subscribe(receiver.url)
-    deliverer = harness.deliverer("0,0.05")
+def http_date(seconds_from_now: float) -> str:
+    return email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "least_wait"),
+    [
+        (429, "120", 120),  # the endpoint asks for more than the schedule's 1 s
+        (502, "120", 120),
+        (504, None, 1),  # no Retry-After: the schedule
+        (429, "0", 1),  # never sooner than the schedule
+        (429, "in a while", 1),  # unreadable: the schedule
+    ],
+)
+async def test_back_off_answers_wait_as_long_as_retry_after_asks_and_never_less_than_the_schedule(
+    serve, harness, status: int, retry_after: str | None, least_wait: float
+) -> None:
+    receiver = await serve(Receiver(answers=[status], retry_after=retry_after))
+    deliverer = harness.deliverer("0,1")
     await deliverer.start()
     try:
-        deliverer.enqueue(CHANGE, [subscription], partition=0)
-        await until(lambda: len(receiver.received) == 2, timeout=10)
+        deliverer.enqueue(CHANGE, [harness.subscribe(receiver.url)], partition=0)
+        await until(lambda: bool(deliverer.pending() and deliverer.pending()[0].attempts))
     finally:
         await deliverer.stop()
-    gap = receiver.received[1][2] - receiver.received[0][2]
-    assert gap >= 0.95  # the schedule said 0.05 s; the endpoint asked for 1 s
+    (delivery,) = deliverer.pending()
+    assert delivery.attempts[0].status == status
+    assert delivery.next_attempt_at - delivery.attempts[0].at >= least_wait
+    assert delivery.next_attempt_at - delivery.attempts[0].at < least_wait + 60
+
+
+async def test_retry_after_as_an_http_date_is_honoured(serve, harness) -> None:
+    receiver = await serve(Receiver(answers=[429], retry_after=http_date(600)))
+    deliverer = harness.deliverer("0,1")
+    await deliverer.start()
+    try:
+        deliverer.enqueue(CHANGE, [harness.subscribe(receiver.url)], partition=0)
+        await until(lambda: bool(deliverer.pending() and deliverer.pending()[0].attempts))
+    finally:
+        await deliverer.stop()
+    (delivery,) = deliverer.pending()
+    # the date has a resolution of one second
+    assert 598 <= delivery.next_attempt_at - delivery.attempts[0].at <= 601
 
 
 async def test_a_rotation_signs_with_both_secrets_until_the_overlap_ends(serve, harness) -> None:
@@ -249,7 +284,77 @@ async def test_a_rotation_signs_with_both_secrets_until_the_overlap_ends(serve, 
     assert len(headers["webhook-signature"].split()) == 2
     for secret in (old.secrets[0].secret, rotated.secrets[0].secret):
         assert Webhook(secret).verify(body, headers) == CHANGE
-    assert rotated.signing_secrets(time.time() + 61) == [rotated.secrets[0].secret]
+
+
+async def test_after_the_rotation_overlap_only_the_new_secret_signs(serve, harness) -> None:
+    receiver = await serve(Receiver())
+    old = harness.subscribe(receiver.url)
+    rotated = old.rotated(overlap_seconds=60, now=time.time())
+    harness.registry.apply(rotated.id, rotated.to_bytes())
+    deliverer = harness.deliverer(clock=lambda: time.time() + 61)  # the overlap has ended
+    await deliverer.start()
+    try:
+        deliverer.enqueue(CHANGE, [rotated], partition=0)
+        await until(lambda: len(receiver.received) == 1)
+    finally:
+        await deliverer.stop()
+    headers, body, _ = receiver.received[0]
+    assert len(headers["webhook-signature"].split()) == 1
+    assert Webhook(rotated.secrets[0].secret).verify(body, headers) == CHANGE
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old.secrets[0].secret).verify(body, headers)
+
+
+async def test_the_target_is_checked_again_at_delivery_time(serve, harness) -> None:
+    receiver = await serve(Receiver())
+    # accepted when subscribing (say the name resolved to a public address then); loopback now
+    subscription = harness.subscribe(receiver.url.replace("http://", "https://"))
+    deliverer = harness.deliverer("0,0.1", allow_private=False)
+    await deliverer.start()
+    try:
+        deliverer.enqueue(CHANGE, [subscription], partition=0)
+        await until(lambda: len(harness.dead_letters) == 1)
+    finally:
+        await deliverer.stop()
+    attempts = harness.dead_letters[0]["attempts"]
+    assert len(attempts) == 2 and all("loopback" in attempt["error"] for attempt in attempts)
+    assert receiver.received == []
+
+
+async def test_a_worker_leaves_the_deliveries_of_partitions_it_does_not_own_to_their_owner(serve, harness) -> None:
+    receiver = await serve(Receiver())
+    subscription = harness.subscribe(receiver.url)
+    other_workers = harness.deliverer(owned_partitions=lambda: {0, 2})  # partition 1 was revoked
+    await other_workers.start()
+    try:
+        other_workers.enqueue({**CHANGE, "id": "ic_mine"}, [subscription], partition=0)
+        other_workers.enqueue({**CHANGE, "id": "ic_revoked"}, [subscription], partition=1)
+        await until(lambda: len(receiver.received) == 1)
+        await asyncio.sleep(1.2)  # a few scans of the store
+    finally:
+        await other_workers.stop()
+    assert [orjson.loads(body)["id"] for _, body, _ in receiver.received] == ["ic_mine"]
+    owner = harness.deliverer(owned_partitions=lambda: {1})
+    await owner.start()
+    try:
+        await until(lambda: len(receiver.received) == 2 and not harness.store.data)
+    finally:
+        await owner.stop()
+    assert orjson.loads(receiver.received[1][1])["id"] == "ic_revoked"
+
+
+async def test_a_410_does_not_bring_back_a_subscription_deleted_during_the_attempt(serve, harness) -> None:
+    receiver = await serve(Receiver(answers=[410]))
+    subscription = harness.subscribe(receiver.url)
+    receiver.on_request = lambda: harness.registry.apply(subscription.id, None)  # unsubscribed meanwhile
+    deliverer = harness.deliverer()
+    await deliverer.start()
+    try:
+        deliverer.enqueue(CHANGE, [subscription], partition=0)
+        await until(lambda: len(receiver.received) == 1 and not harness.store.data)
+    finally:
+        await deliverer.stop()
+    assert harness.disabled == [] and harness.registry.get(subscription.id) is None
 
 
 def test_payloads_over_20_kb_are_refused(harness) -> None:
