@@ -4,6 +4,7 @@ python -m training all --out models/intent-gru        # simulate -> train -> eva
 python -m training all --out models/mine --data events.jsonl [--category-map map.json]
 python -m training evaluate --model models/intent-gru [--noise 0.2 --switch-rate 2]
 python -m training simulate --shoppers 100 --out shoppers.jsonl
+python -m training compare [--shoppers 3000 --epochs 5]   # GRU vs causal Transformer, same data
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import orjson
 
 from intent.features import Featurizer, build_vocabulary
 from intent.model import METADATA_FILE, IntentModel
-from intent.taxonomy import load_catalogue, load_taxonomy
+from intent.taxonomy import Product, Taxonomy, load_catalogue, load_taxonomy
 from training import data as training_data
+from training.data import LabelledSequence
 from training.evaluate import evaluate_model, simulated_test_set, tune_detector
 from training.export import export_model
 from training.report import comparison_rows, target_lines, write_model_card, write_plots
-from training.simulate import Regime, Simulator, iter_jsonl_records
+from training.simulate import Regime, Simulator, World, iter_jsonl_records
 from training.train import TrainConfig, predict, train
 
 METRICS_FILE = "metrics.json"
@@ -66,6 +68,35 @@ def command_simulate(arguments: argparse.Namespace) -> None:
     print(f"wrote {arguments.out}")
 
 
+def _simulate_splits(
+    arguments: argparse.Namespace, regime: Regime, taxonomy: Taxonomy, catalogue: tuple[Product, ...]
+) -> tuple[Featurizer, list[LabelledSequence], list[LabelledSequence], list[LabelledSequence], World]:
+    """Train, validation and test shoppers from three seeds; the test world for the Bayes filter."""
+    print(f"simulating {arguments.shoppers:,} + {arguments.validation_shoppers:,} shoppers ...")
+    simulator = Simulator(arguments.seed, regime, taxonomy, catalogue)
+    featurizer = Featurizer(simulator.world.vocabulary)
+    train_set = training_data.from_simulation(simulator.shoppers(arguments.shoppers), taxonomy)
+    validation_set = training_data.from_simulation(
+        Simulator(arguments.seed + 1, regime, taxonomy, catalogue).shoppers(arguments.validation_shoppers),
+        taxonomy,
+    )
+    test_set, world = simulated_test_set(taxonomy, arguments.seed + 2, arguments.test_shoppers, regime)
+    return featurizer, train_set, validation_set, test_set, world
+
+
+def command_compare(arguments: argparse.Namespace) -> None:
+    # imported here so the other commands do not pay for it
+    from training.compare import compare
+
+    taxonomy = load_taxonomy()
+    regime = _regime(arguments, Regime())
+    featurizer, train_set, validation_set, test_set, world = _simulate_splits(
+        arguments, regime, taxonomy, load_catalogue()
+    )
+    config = TrainConfig(epochs=arguments.epochs, seed=arguments.seed)
+    compare(featurizer, taxonomy, train_set, validation_set, test_set, world, config)
+
+
 def command_all(arguments: argparse.Namespace) -> None:
     out_dir = Path(arguments.out)
     taxonomy = load_taxonomy()
@@ -89,15 +120,9 @@ def command_all(arguments: argparse.Namespace) -> None:
         world = None
         source = f"{arguments.data} ({counts})"
     else:
-        print(f"simulating {arguments.shoppers:,} + {arguments.validation_shoppers:,} shoppers ...")
-        simulator = Simulator(arguments.seed, regime, taxonomy, catalogue)
-        featurizer = Featurizer(simulator.world.vocabulary)
-        train_set = training_data.from_simulation(simulator.shoppers(arguments.shoppers), taxonomy)
-        validation_set = training_data.from_simulation(
-            Simulator(arguments.seed + 1, regime, taxonomy, catalogue).shoppers(arguments.validation_shoppers),
-            taxonomy,
+        featurizer, train_set, validation_set, test_set, world = _simulate_splits(
+            arguments, regime, taxonomy, catalogue
         )
-        test_set, world = simulated_test_set(taxonomy, arguments.seed + 2, arguments.test_shoppers, regime)
         source = f"simulated shoppers, regime {regime.__dict__}"
 
     train_features = training_data.encode(featurizer, train_set)
@@ -245,6 +270,19 @@ def main(argv: list[str] | None = None) -> None:
     simulate.add_argument("--out", required=True)
     _add_regime_arguments(simulate)
     simulate.set_defaults(handler=command_simulate)
+
+    # Defaults sized for a few minutes on 2 cores; the shipped model trains on 8000 shoppers for
+    # TrainConfig.epochs epochs, so absolute accuracies here are lower than the model card's.
+    comparison = commands.add_parser(
+        "compare", help="train the GRU and a small causal Transformer on the same simulated data, side by side"
+    )
+    comparison.add_argument("--shoppers", type=int, default=3000, help="simulated training shoppers")
+    comparison.add_argument("--validation-shoppers", type=int, default=300)
+    comparison.add_argument("--test-shoppers", type=int, default=600)
+    comparison.add_argument("--epochs", type=int, default=5)
+    comparison.add_argument("--seed", type=int, default=7)
+    _add_regime_arguments(comparison)
+    comparison.set_defaults(handler=command_compare)
 
     arguments = parser.parse_args(argv)
     arguments.handler(arguments)

@@ -1,4 +1,4 @@
-"""Fit the GRU on labelled sequences: cross-entropy on the intent after every event."""
+"""Fit the intent model (IntentGRU unless given another): cross-entropy on the intent after every event."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    model: IntentGRU
+    model: nn.Module
     seconds: float
     validation_accuracy: list[float] = field(default_factory=list)
     best_epoch: int = 0
@@ -64,7 +64,7 @@ def _hide_some_categories(x: torch.Tensor, rate: float) -> torch.Tensor:
     return x
 
 
-def predict(model: IntentGRU, features: Sequence[np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
+def predict(model: nn.Module, features: Sequence[np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
     """Torch full-sequence probabilities per sequence (what the exported model must reproduce)."""
     model.eval()
     outputs: list[np.ndarray] = [np.empty(0)] * len(features)
@@ -91,11 +91,14 @@ def train(
     validation_labels: Sequence[np.ndarray],
     config: TrainConfig,
     progress: bool = True,
+    model: nn.Module | None = None,
 ) -> TrainResult:
+    """Fit `model` (default: a fresh IntentGRU) with Adam and a cosine schedule; keeps the epoch
+    with the best validation accuracy."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     shuffle = random.Random(config.seed)
-    model = IntentGRU(cardinalities, intents, config.hidden_size)
+    model = model if model is not None else IntentGRU(cardinalities, intents, config.hidden_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     loss_function = nn.CrossEntropyLoss(ignore_index=IGNORE)
