@@ -1,125 +1,245 @@
 """Load test of the collector on the embedded broker: accepted rate, call latency, nothing lost.
 
-    python benchmarks/collector_load.py [--rates 1000,3000] [--seconds 20]
+    python benchmarks/collector_load.py [--rates 1000,3000] [--seconds 20] [--modes batch,single]
 
-For each target rate, simulated shoppers' events go to a collector (in this process, on a real
-socket) as Segment batch calls of 20 events, paced to the rate; then the events topic is counted to
-show that every accepted event is on it. The baseline is the same events produced straight to the
-topic with aiokafka: the most the collector could pass on. Ends with one JSON line.
+For each mode and target rate, a collector (`intent collector`, its own process, as deployed) is
+started on a fresh events topic, and the simulator's shoppers' events are sent to it on a fixed
+schedule (open loop: a slow answer does not delay the next call), either as Segment `batch` calls
+of 20 events or as one `track` call per event. A call's latency runs from its scheduled start to
+its answer, so time spent waiting for a connection counts. Then the topic is read to its end to
+show that every accepted event is on it, once. The baseline is the same events produced straight to
+a topic with aiokafka: the most the broker takes from one Python process. Ends with one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import IO, Any
 
+import aiohttp
 import orjson
-from aiohttp import web
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.throughput import free_port
 from intent.broker import EmbeddedBroker
-from intent.collector import create_collector_app
 from intent.kafka import ensure_topics, producer
-from intent.loadgen import send_load, simulated_messages
-from intent.settings import Settings
+from intent.loadgen import simulated_messages
+from intent.settings import REPO_DIR
 
 WRITE_KEY = "load-test"
+BATCH_SIZE = 20
+PARTITIONS = 4
 
 
-async def count_on_topic(bootstrap: str, topic: str, expected: int) -> int:
-    """Distinct messageIds on the topic, read back (waiting up to 30 s for `expected` of them)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+@dataclass
+class Run:
+    mode: str
+    target: float
+    sent: int = 0
+    accepted: int = 0
+    calls: int = 0
+    failed_calls: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    on_topic: int = 0
+    distinct_on_topic: int = 0
+    collector_cpu_seconds: float = 0.0
+
+    def row(self) -> dict[str, Any]:
+        cuts = statistics.quantiles(self.latencies, n=100, method="inclusive")
+        return {
+            "mode": self.mode,
+            "target_events_per_s": round(self.target),
+            "accepted_events_per_s": round(self.accepted / self.seconds),
+            "calls_per_s": round(self.calls / self.seconds),
+            "sent": self.sent,
+            "accepted": self.accepted,
+            "on_topic": self.on_topic,
+            "lost": self.accepted - self.distinct_on_topic,
+            "failed_calls": self.failed_calls,
+            "p50_ms": round(cuts[49] * 1000, 1),
+            "p99_ms": round(cuts[98] * 1000, 1),
+            # the collector's own CPU time: its capacity per core, whatever else runs on the machine
+            "collector_cpu_us_per_event": round(self.collector_cpu_seconds / self.accepted * 1e6),
+        }
+
+
+async def start_collector(broker: EmbeddedBroker, topic: str, port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    environment = {
+        **os.environ,
+        "INTENT_BROKER_URL": broker.url,
+        "INTENT_EVENTS_TOPIC": topic,
+        "INTENT_IDENTITIES_TOPIC": f"{topic}-identities",
+        "INTENT_TOPIC_PARTITIONS": str(PARTITIONS),
+        "INTENT_WRITE_KEYS": WRITE_KEY,
+        "INTENT_COLLECTOR_PORT": str(port),
+        "INTENT_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "intent", "collector"],
+        env=environment,
+        cwd=REPO_DIR,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            if process.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"the collector exited:\n{log.read().decode(errors='replace')[-3000:]}")
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    if response.status == 200:
+                        return process
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+    process.terminate()
+    raise RuntimeError("the collector did not become ready in 30 s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def send_on_schedule(url: str, run: Run, messages: list[dict[str, Any]]) -> None:
+    """Each call starts at its scheduled time, whatever the previous ones are doing."""
+    if run.mode == "batch":
+        calls = [
+            ("/v1/batch", {"batch": messages[start : start + BATCH_SIZE]}, len(messages[start : start + BATCH_SIZE]))
+            for start in range(0, len(messages), BATCH_SIZE)
+        ]
+    else:
+        calls = [("/v1/track", message, 1) for message in messages]
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(url, headers=auth, connector=connector) as http:
+
+        async def call(path: str, body: bytes, due: float) -> None:
+            try:
+                async with http.post(path, data=body, headers={"Content-Type": "application/json"}) as response:
+                    answer = await response.json(content_type=None)
+                    run.latencies.append(time.perf_counter() - due)
+                    if response.status == 200:
+                        run.accepted += answer["accepted"]
+                    else:
+                        run.failed_calls += 1
+            except aiohttp.ClientError:
+                run.failed_calls += 1
+
+        started = time.perf_counter()
+        tasks = []
+        for path, body, events in calls:
+            due = started + (run.sent + events) / run.target
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(call(path, orjson.dumps(body), due)))
+            run.sent += events
+            run.calls += 1
+        await asyncio.gather(*tasks)
+        run.seconds = time.perf_counter() - started
+
+
+async def count_on_topic(bootstrap_servers: str, topic: str) -> tuple[int, int]:
+    """(records, distinct messageIds) on the topic, read to the end offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
-    seen: set[str] = set()
+    records, ids = 0, set()
     try:
-        async with asyncio.timeout(30):
-            while len(seen) < expected:
-                for messages in (await consumer.getmany(timeout_ms=500)).values():
-                    seen.update(orjson.loads(m.value)["messageId"] for m in messages)
-    except TimeoutError:
-        pass
+        await consumer.topics()
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        for partition in partitions:
+            while await consumer.position(partition) < ends[partition]:
+                for message in (await consumer.getmany(partition, timeout_ms=500)).get(partition, []):
+                    records += 1
+                    ids.add(orjson.loads(message.value)["messageId"])
     finally:
         await consumer.stop()
-    return len(seen)
+    return records, len(ids)
 
 
-async def run(arguments: argparse.Namespace, broker: EmbeddedBroker) -> dict[str, object]:
-    results: dict[str, object] = {}
-    rows = []
-    for rate in arguments.rates:
-        topic = f"load-{uuid.uuid4().hex[:6]}"
-        settings = Settings(
-            broker_url=broker.url, events_topic=topic, identities_topic=f"{topic}-ids", write_keys=WRITE_KEY
-        )
-        await ensure_topics(broker.bootstrap_servers, [topic], 4)
-        client = producer(broker.bootstrap_servers)
-        await client.start()
-        app, _ = create_collector_app(settings, client)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        count = int(rate * arguments.seconds)
-        messages = islice(simulated_messages(2000, seed=3), count)
-        report = await send_load(f"http://127.0.0.1:{port}", WRITE_KEY, messages, rate, limit=count)
-        await runner.cleanup()
-        await client.stop()
-        on_topic = await count_on_topic(broker.bootstrap_servers, topic, report.events_accepted)
-        cuts = statistics.quantiles(report.latencies, n=100, method="inclusive")
-        row = {
-            "target": rate,
-            "accepted_per_s": report.events_accepted / report.seconds,
-            "sent": report.events_sent,
-            "accepted": report.events_accepted,
-            "on_topic": on_topic,
-            "failed_calls": report.failed_calls,
-            "p50_ms": cuts[49] * 1000,
-            "p99_ms": cuts[98] * 1000,
-        }
-        rows.append(row)
-        results[f"rate_{int(rate)}"] = {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}
-
-    # the baseline: the same events straight to the topic, as fast as aiokafka goes
+async def direct_produce_rate(bootstrap_servers: str, messages: list[dict[str, Any]]) -> float:
     topic = f"load-{uuid.uuid4().hex[:6]}-direct"
-    await ensure_topics(broker.bootstrap_servers, [topic], 4)
-    client = producer(broker.bootstrap_servers)
+    await ensure_topics(bootstrap_servers, [topic], PARTITIONS)
+    client = producer(bootstrap_servers)
     await client.start()
-    events = [orjson.dumps(m) for m in islice(simulated_messages(2000, seed=3), 20_000)]
-    started = time.perf_counter()
-    await asyncio.gather(*[await client.send(topic, e) for e in events])
-    direct = len(events) / (time.perf_counter() - started)
-    await client.stop()
-    results["direct_produce_per_s"] = round(direct)
+    try:
+        values = [(orjson.dumps(m), (m.get("userId") or m.get("anonymousId") or "").encode()) for m in messages]
+        started = time.perf_counter()
+        await asyncio.gather(*[await client.send(topic, value, key=key) for value, key in values])
+        return len(values) / (time.perf_counter() - started)
+    finally:
+        await client.stop()
 
+
+async def run_all(arguments: argparse.Namespace, broker: EmbeddedBroker) -> dict[str, Any]:
+    most = int(max(arguments.rates) * arguments.seconds)
+    messages = list(islice(simulated_messages(arguments.shoppers, seed=3), most))
+    runs = []
+    for mode in arguments.modes:
+        for rate in arguments.rates:
+            run = Run(mode, rate)
+            topic = f"load-{mode}-{uuid.uuid4().hex[:6]}"
+            port = free_port()
+            with tempfile.TemporaryFile() as log:
+                collector = await start_collector(broker, topic, port, log)
+                try:
+                    cpu_before = cpu_seconds(collector.pid)
+                    await send_on_schedule(f"http://127.0.0.1:{port}", run, messages[: int(rate * arguments.seconds)])
+                    run.collector_cpu_seconds = cpu_seconds(collector.pid) - cpu_before
+                finally:
+                    collector.terminate()  # SIGTERM: it drains and flushes, as in a deployment
+                    collector.wait(30)
+            run.on_topic, run.distinct_on_topic = await count_on_topic(broker.bootstrap_servers, topic)
+            runs.append(run)
+            print(f"  {mode} at {rate:,.0f} events/s done", file=sys.stderr, flush=True)
+    direct = await direct_produce_rate(broker.bootstrap_servers, messages[:20_000])
+    rows = [run.row() for run in runs]
     print(
-        f"{'target ev/s':>12}{'accepted ev/s':>15}{'sent':>9}{'accepted':>10}{'on topic':>10}"
-        f"{'failed calls':>14}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'mode':>7}{'target ev/s':>13}{'accepted ev/s':>15}{'calls/s':>9}{'sent':>9}{'accepted':>10}"
+        f"{'on topic':>10}{'lost':>6}{'failed calls':>14}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/event':>14}"
     )
     for row in rows:
         print(
-            f"{row['target']:>12,.0f}{row['accepted_per_s']:>15,.0f}{row['sent']:>9,}{row['accepted']:>10,}"
-            f"{row['on_topic']:>10,}{row['failed_calls']:>14}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
+            f"{row['mode']:>7}{row['target_events_per_s']:>13,}{row['accepted_events_per_s']:>15,}"
+            f"{row['calls_per_s']:>9,}{row['sent']:>9,}{row['accepted']:>10,}{row['on_topic']:>10,}"
+            f"{row['lost']:>6}{row['failed_calls']:>14}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
+            f"{row['collector_cpu_us_per_event']:>14,}"
         )
-    print(f"{'baseline':>12}{direct:>15,.0f}  events/s produced straight to the topic with aiokafka")
-    return results
+    print(f"{'baseline':>7}{'':>13}{direct:>15,.0f}  events/s produced straight to a topic with aiokafka")
+    return {"runs": rows, "direct_produce_events_per_s": round(direct)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", type=lambda text: [float(r) for r in text.split(",")], default=[1000.0, 3000.0])
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each run")
+    parser.add_argument("--modes", type=lambda text: text.split(","), default=["batch", "single"])
+    parser.add_argument("--shoppers", type=int, default=2000, help="simulated shoppers behind the events")
     arguments = parser.parse_args()
+    print(f"$ python benchmarks/collector_load.py {' '.join(sys.argv[1:])}", flush=True)
+    # the load generator shares the machine with the collector and the broker: say how busy it was
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start", flush=True)
     with EmbeddedBroker(port=free_port()) as broker:
-        figures = asyncio.run(run(arguments, broker))
+        figures = asyncio.run(run_all(arguments, broker))
     print(orjson.dumps(figures).decode())
 
 

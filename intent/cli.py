@@ -122,10 +122,10 @@ def command_webhooks_replay(arguments: argparse.Namespace, settings: Settings) -
 
 
 def command_collector(arguments: argparse.Namespace, settings: Settings) -> None:
-    from intent.collector import serve
+    from intent.collector import run_collector
 
     with broker_for(settings), contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
+        asyncio.run(run_collector(settings))
 
 
 def command_receiver(arguments: argparse.Namespace, settings: Settings) -> None:
