@@ -21,7 +21,7 @@ from typing import Any
 import faust
 import mode
 import orjson
-from faust.types import EventT
+from faust.types import TP, ConsumerT, EventT
 
 from intent import observability as metrics
 from intent.events import InvalidEvent, ShopperEvent, iso_time, parse_event
@@ -290,8 +290,10 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
     async def sample_consumer_lag() -> None:
         for tp in app.assignor.assigned_actives():
             if tp.topic == source.get_topic_name():
-                read = worker.read_offsets.get(tp.partition, -1)
-                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, app.consumer.highwater(tp) - read - 1))
+                highwater = _known_highwater(app.consumer, tp)
+                if highwater is not None:
+                    read = worker.read_offsets.get(tp.partition, -1)
+                    metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwater - read - 1))
 
     def readiness() -> dict[str, bool]:
         return {
@@ -337,6 +339,19 @@ def _parse_batch(batch: list[EventT], settings: Settings) -> Iterator[tuple[Even
                 yield event, parse_event(raw, f"{message.topic}/{message.partition}/{message.offset}")
             except InvalidEvent as error:
                 yield event, error.reason
+
+
+def _known_highwater(consumer: ConsumerT, tp: TP) -> int | None:
+    """The end offset of `tp` as of the consumer's last fetch, or None while it is unknown.
+
+    Timers keep running through a rebalance, so a partition the assignor lists may not be fetched
+    yet (no highwater) or may not be assigned to the consumer's thread at this instant (aiokafka
+    asserts it is). The caller skips it until a later tick: an exception in a timer stops the worker.
+    """
+    try:
+        return consumer.highwater(tp)
+    except AssertionError:
+        return None
 
 
 async def handle_batch(worker: IntentWorker, batch: list[EventT]) -> None:

@@ -70,6 +70,8 @@ class Deployment:
             "INTENT_WEB_PORT": str(free_port()),
             "INTENT_DATA_DIR": str(self.root / f"worker-{len(self.processes)}"),
             "INTENT_LOG_LEVEL": "INFO",
+            # Tansu holds a group join for half the session timeout: 10 s keeps joins at ~5 s
+            "INTENT_GROUP_SESSION_TIMEOUT_SECONDS": "10",
             **extra,
         }
 
