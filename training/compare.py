@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from intent.features import Featurizer
 from intent.taxonomy import Taxonomy
 from training.data import LabelledSequence, encode
 from training.evaluate import bayes_distributions, score, tune_detector
-from training.export import OPSET
+from training.export import onnx_export
 from training.network import IntentGRU, StepProbabilities, parameter_count
 from training.simulate import World
 from training.train import TrainConfig, accuracy, predict, train
@@ -159,20 +158,7 @@ def stream_figures(
 def _export_and_load(
     module: nn.Module, example: tuple[torch.Tensor, ...], input_axes: dict[str, dict[int, str]], path: Path
 ) -> ort.InferenceSession:
-    with warnings.catch_warnings():
-        # the TorchScript exporter's deprecation and batch-first GRU warnings are expected, as in
-        # training.export
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            example,
-            str(path),
-            input_names=list(input_axes),
-            output_names=["probabilities"],
-            dynamic_axes={**input_axes, "probabilities": {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
+    onnx_export(module, example, path, input_axes, {"probabilities": {0: "batch"}})
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -51,14 +51,14 @@ def export_model(
     if parameters > MAX_PARAMETERS:
         raise ExportError(f"{parameters:,} parameters; the budget is {MAX_PARAMETERS:,}")
     example = torch.from_numpy(parity_sequences[0][None, :4])
-    _onnx_export(
+    onnx_export(
         SequenceProbabilities(model),
         (example,),
         out_dir / SEQUENCE_FILE,
         inputs={"features": {0: "batch", 1: "time"}},
         outputs={"probabilities": {0: "batch", 1: "time"}},
     )
-    _onnx_export(
+    onnx_export(
         StepProbabilities(model),
         (example[:, 0], torch.zeros(1, model.hidden_size)),
         out_dir / STEP_FILE,
@@ -93,7 +93,7 @@ def export_model(
     return metadata
 
 
-def _onnx_export(
+def onnx_export(
     module: torch.nn.Module,
     example: tuple[torch.Tensor, ...],
     path: Path,
