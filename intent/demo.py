@@ -235,9 +235,11 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
     print(f"  events processed      {report.sent - len(dead_letters):,} of {report.sent:,} in {elapsed:.1f} s")
     print(f"  dead-lettered         {len(dead_letters)} (malformed on purpose: {len(MALFORMED)})")
     print(f"  intent shifts         {len(changes)}: " + ", ".join(f"{k} {v}" for k, v in by_intent.most_common()))
+    held_out = sum(1 for w in webhooks if w.get("holdout"))
     print(
-        f"  webhooks received     {len(webhooks)} signed and verified ({receiver.bad_signatures} bad); the "
-        f"rest suppressed by consent or the frequency cap, or held out"
+        f"  webhooks received     {len(webhooks)} signed and verified ({receiver.bad_signatures} bad), "
+        f"{held_out} for holdout shoppers (no suggestions); "
+        f"{len(changes) - len(webhooks)} shifts not delivered (consent or frequency cap)"
     )
     story_webhook = next((w for w in webhooks if cold and w["id"] == cold["id"]), None)
     if cold:
