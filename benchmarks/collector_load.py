@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.throughput import free_port
 from intent.broker import EmbeddedBroker
 from intent.kafka import ensure_topics, producer
-from intent.loadgen import simulated_messages
+from intent.loadgen import LoadReport, send_load, simulated_messages
 from intent.settings import REPO_DIR
 
 WRITE_KEY = "load-test"
@@ -49,32 +48,28 @@ PARTITIONS = 4
 class Run:
     mode: str
     target: float
-    sent: int = 0
-    accepted: int = 0
-    calls: int = 0
-    failed_calls: int = 0
-    seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
+    load: LoadReport = field(default_factory=LoadReport)
     on_topic: int = 0
     distinct_on_topic: int = 0
     collector_cpu_seconds: float = 0.0
 
     def row(self) -> dict[str, Any]:
-        cuts = statistics.quantiles(self.latencies, n=100, method="inclusive")
+        load = self.load
+        cuts = statistics.quantiles(load.latencies, n=100, method="inclusive")
         return {
             "mode": self.mode,
             "target_events_per_s": round(self.target),
-            "accepted_events_per_s": round(self.accepted / self.seconds),
-            "calls_per_s": round(self.calls / self.seconds),
-            "sent": self.sent,
-            "accepted": self.accepted,
+            "accepted_events_per_s": round(load.events_accepted / load.seconds),
+            "calls_per_s": round(load.calls / load.seconds),
+            "sent": load.events_sent,
+            "accepted": load.events_accepted,
             "on_topic": self.on_topic,
-            "lost": self.accepted - self.distinct_on_topic,
-            "failed_calls": self.failed_calls,
+            "lost": load.events_accepted - self.distinct_on_topic,
+            "failed_calls": load.failed_calls,
             "p50_ms": round(cuts[49] * 1000, 1),
             "p99_ms": round(cuts[98] * 1000, 1),
             # the collector's own CPU time: its capacity per core, whatever else runs on the machine
-            "collector_cpu_us_per_event": round(self.collector_cpu_seconds / self.accepted * 1e6),
+            "collector_cpu_us_per_event": round(self.collector_cpu_seconds / load.events_accepted * 1e6),
         }
 
 
@@ -116,43 +111,6 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def send_on_schedule(url: str, run: Run, messages: list[dict[str, Any]]) -> None:
-    """Each call starts at its scheduled time, whatever the previous ones are doing."""
-    if run.mode == "batch":
-        calls = [
-            ("/v1/batch", {"batch": messages[start : start + BATCH_SIZE]}, len(messages[start : start + BATCH_SIZE]))
-            for start in range(0, len(messages), BATCH_SIZE)
-        ]
-    else:
-        calls = [("/v1/track", message, 1) for message in messages]
-    auth = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
-    connector = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(url, headers=auth, connector=connector) as http:
-
-        async def call(path: str, body: bytes, due: float) -> None:
-            try:
-                async with http.post(path, data=body, headers={"Content-Type": "application/json"}) as response:
-                    answer = await response.json(content_type=None)
-                    run.latencies.append(time.perf_counter() - due)
-                    if response.status == 200:
-                        run.accepted += answer["accepted"]
-                    else:
-                        run.failed_calls += 1
-            except aiohttp.ClientError:
-                run.failed_calls += 1
-
-        started = time.perf_counter()
-        tasks = []
-        for path, body, events in calls:
-            due = started + (run.sent + events) / run.target
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            tasks.append(asyncio.create_task(call(path, orjson.dumps(body), due)))
-            run.sent += events
-            run.calls += 1
-        await asyncio.gather(*tasks)
-        run.seconds = time.perf_counter() - started
 
 
 async def count_on_topic(bootstrap_servers: str, topic: str) -> tuple[int, int]:
@@ -203,7 +161,13 @@ async def run_all(arguments: argparse.Namespace, broker: EmbeddedBroker) -> dict
                 collector = await start_collector(broker, topic, port, log)
                 try:
                     cpu_before = cpu_seconds(collector.pid)
-                    await send_on_schedule(f"http://127.0.0.1:{port}", run, messages[: int(rate * arguments.seconds)])
+                    run.load = await send_load(
+                        f"http://127.0.0.1:{port}",
+                        WRITE_KEY,
+                        messages[: int(rate * arguments.seconds)],
+                        rate,
+                        BATCH_SIZE if mode == "batch" else None,
+                    )
                     run.collector_cpu_seconds = cpu_seconds(collector.pid) - cpu_before
                 finally:
                     collector.terminate()  # SIGTERM: it drains and flushes, as in a deployment

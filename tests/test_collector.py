@@ -8,6 +8,7 @@ import base64
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ from intent.broker import EmbeddedBroker
 from intent.collector import DuplicateFilter, create_collector_app
 from intent.events import OTHER_EVENT, event_from_dict
 from intent.kafka import ensure_topics, producer
+from intent.loadgen import send_load, simulated_messages
 from intent.settings import Settings
 from tests.conftest import free_port
 
@@ -424,6 +426,19 @@ async def test_concurrent_calls_lose_nothing_and_produce_each_event_once(collect
     assert len(records) == 1000
     assert {record["messageId"] for _, record in records} == {m["messageId"] for call in calls for m in call["batch"]}
     assert all(key == record["anonymousId"].encode() for key, record in records)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("batch_size", [20, None], ids=["batches", "single-tracks"])
+async def test_the_load_generator_delivers_every_simulated_event_through_the_collector(
+    collector: Collector, batch_size: int | None
+) -> None:
+    http, settings = collector
+    messages = list(islice(simulated_messages(shoppers=3, seed=1), 45))
+    report = await send_load(str(http.make_url("")).rstrip("/"), KEY, messages, rate=2000.0, batch_size=batch_size)
+    assert (report.events_sent, report.events_accepted, report.failed_calls) == (45, 45, 0)
+    assert report.calls == (3 if batch_size else 45) and len(report.latencies) == report.calls
+    assert {record["messageId"] for _, record in await topic_records(settings)} == {m["messageId"] for m in messages}
 
 
 @pytest.mark.integration
