@@ -33,8 +33,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.throughput import free_port
-from intent.broker import EmbeddedBroker
+from intent.broker import EmbeddedBroker, free_port
 from intent.kafka import ensure_topics, producer
 from intent.loadgen import LoadReport, send_load, simulated_messages
 from intent.settings import REPO_DIR

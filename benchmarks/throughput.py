@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from intent.app import create_worker, faust_settings
-from intent.broker import EmbeddedBroker
+from intent.broker import EmbeddedBroker, free_port
 from intent.events import parse_event
 from intent.kafka import ensure_topics, producer
 from intent.model import IntentModel
@@ -142,12 +141,6 @@ def plain_faust_app(url: str, topic_name: str, batched: bool, settings: Settings
                 seen[0] += 1
 
     return app, seen
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def inference_per_batch(model: IntentModel, sizes: tuple[int, ...] = (1, 16, 64, 256)) -> dict[int, float]:

@@ -30,8 +30,8 @@ from aiokafka import AIOKafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.throughput import free_port, simulated_events
-from intent.broker import EmbeddedBroker
+from benchmarks.throughput import simulated_events
+from intent.broker import EmbeddedBroker, free_port
 from intent.kafka import ensure_topics, producer
 from intent.settings import REPO_DIR
 

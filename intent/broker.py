@@ -200,6 +200,13 @@ def _read_exactly(sock: socket.socket, count: int) -> bytes:
     return data
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now: for a test's or a demo's broker, worker or receiver."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         # SO_REUSEADDR as the broker itself binds, so a previous run's TIME_WAIT does not count.

@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
+from intent.broker import free_port
 from intent.cli import broker_for
 from intent.kafka import ensure_topics, wait_for_lag_zero
 from intent.replay import replay
@@ -117,14 +118,6 @@ async def run_receiver(host: str, port: int, api_url: str, token: str, public_ur
         await runner.cleanup()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def describe(change: dict[str, Any]) -> str:
     source = change["from_intent"]["id"] if change["from_intent"] else "(no intent)"
     trigger = next((e.get("name") or e.get("query") or e["event"] for e in reversed(change["evidence"])), "")
@@ -148,7 +141,7 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
     await ensure_topics(
         bootstrap, [t for k, t in topics.items() if k != "INTENT_SUBSCRIPTIONS_TOPIC"], settings.topic_partitions
     )
-    web_port, token = _free_port(), uuid.uuid4().hex
+    web_port, token = free_port(), uuid.uuid4().hex
     lines = demo_events(shoppers)
     print(
         f"intent demo: {len(lines):,} events from {shoppers + 1} shoppers "
@@ -176,7 +169,7 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
         receiver_app.router.add_post("/hooks", receiver.handle)
         runner = web.AppRunner(receiver_app, access_log=None)
         await runner.setup()
-        receiver_port = _free_port()
+        receiver_port = free_port()
         await web.TCPSite(runner, "127.0.0.1", receiver_port).start()
         changes: list[dict[str, Any]] = []
         dead_letters: list[dict[str, Any]] = []

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-from intent.broker import BrokerError, EmbeddedBroker
+from intent.broker import BrokerError, EmbeddedBroker, free_port
 from intent.features import Featurizer, build_vocabulary
 from intent.taxonomy import Product, Taxonomy, load_catalogue, load_taxonomy
 
@@ -23,12 +22,6 @@ def catalogue() -> tuple[Product, ...]:
 @pytest.fixture(scope="session")
 def featurizer(catalogue: tuple[Product, ...], taxonomy: Taxonomy) -> Featurizer:
     return Featurizer(build_vocabulary(catalogue, taxonomy.segments))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

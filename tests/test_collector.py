@@ -19,13 +19,12 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from intent.broker import EmbeddedBroker
+from intent.broker import EmbeddedBroker, free_port
 from intent.collector import DuplicateFilter, create_collector_app
 from intent.events import OTHER_EVENT, event_from_dict
 from intent.kafka import ensure_topics, producer
 from intent.loadgen import send_load, simulated_messages
 from intent.settings import Settings
-from tests.conftest import free_port
 
 KEY = "wk_test"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()}

@@ -17,10 +17,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from intent.broker import EmbeddedBroker
+from intent.broker import EmbeddedBroker, free_port
 from intent.kafka import ensure_topics
 from intent.settings import REPO_DIR
-from tests.conftest import free_port
 
 PARTITIONS = 4
 API_TOKEN = "test-token"
