@@ -26,7 +26,7 @@ from training import data as training_data
 from training.data import LabelledSequence
 from training.evaluate import evaluate_model, simulated_test_set, tune_detector
 from training.export import export_model
-from training.report import comparison_rows, target_lines, write_model_card, write_plots
+from training.report import TABLE_COLUMNS, comparison_rows, target_lines, write_model_card, write_plots
 from training.simulate import Regime, Simulator, World, iter_jsonl_records
 from training.train import TrainConfig, predict, train
 
@@ -214,16 +214,7 @@ def command_evaluate(arguments: argparse.Namespace) -> None:
 
 
 def _print_summary(metrics: dict[str, Any]) -> None:
-    columns = (
-        "accuracy",
-        "macro_f1",
-        "shift_precision",
-        "shift_recall",
-        "shift_f1",
-        "median_delay_events",
-        "p90_delay_events",
-        "false_alarms_per_1k_events",
-    )
+    columns = TABLE_COLUMNS
     rows = [("model", metrics)]
     if "bayes_optimal" in metrics:
         rows = comparison_rows(metrics)
