@@ -8,6 +8,7 @@ import signal
 import aiohttp
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from intent.events import event_from_dict
 from intent.kafka import wait_for_lag_zero
@@ -173,3 +174,28 @@ async def test_reprocessing_the_same_input_yields_the_same_intent_changed_ids(de
         again.stop_all()
     assert cold_shift_seen(first) and cold_shift_seen(second)
     assert [c["id"] for c in first] == [c["id"] for c in second]
+
+
+async def test_events_keyed_otherwise_are_re_keyed_by_shopper_before_detection(deployment: Deployment) -> None:
+    deployment.start_worker(INTENT_REPARTITION_INPUT="true")
+    producer = AIOKafkaProducer(bootstrap_servers=deployment.broker.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for line in story_lines():  # keyed by something that is not the shopper (a device, say)
+            await producer.send_and_wait(deployment.events_topic, line, key=b"device-42")
+    finally:
+        await producer.stop()
+    bootstrap = deployment.broker.bootstrap_servers
+    records = await read_until(bootstrap, deployment.changes_topic, cold_shift_seen, JOIN_AND_CATCH_UP_SECONDS)
+    assert cold_shift_seen(records), deployment.logs()
+    assert cold_shift(records)["from_intent"]["id"] == "coffee_ritual"
+    consumer = AIOKafkaConsumer(
+        f"{deployment.app_id}-events-by-shopper", bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        batches = await consumer.getmany(timeout_ms=5000)
+    finally:
+        await consumer.stop()
+    keys = [message.key for messages in batches.values() for message in messages]
+    assert keys and set(keys) == {STORY_SHOPPER.encode()}
