@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     batch_max_seconds: float = Field(0.005, description="Longest wait to fill a micro-batch; bounds the added latency.")
     repartition_input: bool = Field(
         False,
-        description="Set when producers do not key events by shopper: an extra hop re-keys "
-        "them so each shopper's events stay in order.",
+        description="Set when producers key events by something else (device, session): an extra "
+        "hop re-keys them by shopper, keeping the order in which each input partition held them.",
     )
     group_session_timeout_seconds: float = Field(
         30.0,
