@@ -125,7 +125,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
     shoppers = app.Table("shopper-windows", key_type=str, value_type=bytes)
 
     def owned_partitions() -> set[int]:
-        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source.get_topic_name()}
+        return _assigned_partitions(app, source)
 
     policy = WindowPolicy(
         session_events=settings.session_window_events,
@@ -182,7 +182,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
     webhook_dead_letters = app.topic(settings.webhook_dead_letter_topic, key_type=bytes, value_type=bytes)
 
     def owned_change_partitions() -> set[int]:
-        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changes_topic.get_topic_name()}
+        return _assigned_partitions(app, changes_topic)
 
     async def dead_letter_delivery(record: dict[str, Any]) -> None:
         await webhook_dead_letters.send(key=record["subscription_id"].encode(), value=orjson.dumps(record))
@@ -288,27 +288,24 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
 
     @app.timer(interval=5.0)
     async def sample_consumer_lag() -> None:
-        for tp in app.assignor.assigned_actives():
-            if tp.topic == source.get_topic_name():
-                highwater = _known_highwater(app.consumer, tp)
-                if highwater is not None:
-                    read = worker.read_offsets.get(tp.partition, -1)
-                    metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwater - read - 1))
+        for partition in owned_partitions():
+            highwater = _known_highwater(app.consumer, TP(source.get_topic_name(), partition))
+            if highwater is not None:
+                read = worker.read_offsets.get(partition, -1)
+                metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, highwater - read - 1))
 
     def readiness() -> dict[str, bool]:
         return {
             "model_loaded": tracker.model is not None,
             "broker_connected": app.producer.started and not app.rebalancing,
-            "partitions_assigned": any(tp.topic == source.get_topic_name() for tp in app.assignor.assigned_actives()),
+            "partitions_assigned": bool(owned_partitions()),
         }
 
     def status() -> dict[str, Any]:
         return {
             "app_id": settings.app_id,
             "model_version": tracker.model.version,
-            "partitions": sorted(
-                tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source.get_topic_name()
-            ),
+            "partitions": sorted(owned_partitions()),
             "sessions": len(sessions.data),
             "shoppers": len(shoppers.data),
             "events": tracker.stats.events,
@@ -339,6 +336,12 @@ def _parse_batch(batch: list[EventT], settings: Settings) -> Iterator[tuple[Even
                 yield event, parse_event(raw, f"{message.topic}/{message.partition}/{message.offset}")
             except InvalidEvent as error:
                 yield event, error.reason
+
+
+def _assigned_partitions(app: faust.App, topic: faust.TopicT) -> set[int]:
+    """The partitions of `topic` this worker owns now (the same numbers for every co-partitioned topic)."""
+    name = topic.get_topic_name()
+    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == name}
 
 
 def _known_highwater(consumer: ConsumerT, tp: TP) -> int | None:
