@@ -6,6 +6,7 @@ Stages, all reading the same simulated events from the same topic:
   raw aiokafka    consume and parse with orjson, nothing else: the ceiling for any consumer
   faust agent     a plain Faust agent iterating its stream and doing nothing: Faust's own cost
   faust batches   the same agent taking micro-batches with `take_events`, as our worker does
+  tuned batches   the same on our transport (`intent.transport`: fetch wait, delivery fast path)
   detector        the real worker (`intent.app.create_worker`): parse, windows in changelogged
                   tables, ONNX inference per micro-batch, shift detection, IntentChanged out
 Rates are measured from a stage's first event to its last, so Faust's consumer-group join (about
@@ -37,6 +38,7 @@ from intent.events import parse_event
 from intent.kafka import ensure_topics, producer
 from intent.model import IntentModel
 from intent.settings import Settings
+from intent.transport import IntentApp
 from training.simulate import Simulator, coffee_tea_cold_story
 
 PARTITIONS = 4
@@ -119,10 +121,16 @@ async def run_faust_app(
     return first - started, finished - first
 
 
-def plain_faust_app(url: str, topic_name: str, batched: bool, settings: Settings) -> tuple[faust.App, list[int]]:
+def plain_faust_app(
+    url: str, topic_name: str, batched: bool, settings: Settings, tuned: bool = False
+) -> tuple[faust.App, list[int]]:
     app_id = f"bench-faust-{'batches' if batched else 'agent'}-{uuid.uuid4().hex[:6]}"
     conf = {**faust_settings(settings), "broker": url, "web_enabled": False}
-    app = faust.App(app_id, **conf)
+    app = (
+        IntentApp(app_id, fetch_max_wait_seconds=settings.fetch_max_wait_seconds, **conf)
+        if tuned
+        else faust.App(app_id, **conf)
+    )
     topic = app.topic(topic_name, key_type=bytes, value_type=bytes)
     seen = [0]
 
@@ -184,14 +192,14 @@ async def benchmark(arguments: argparse.Namespace, bootstrap_servers: str) -> di
 
     results = {"raw": await raw_aiokafka(bootstrap_servers, topic, count)}
     print(f"  {results['raw'].name}: {results['raw'].rate:,.0f} events/s", flush=True)
-    for batched in (False, True) if not arguments.detector_only else ():
-        app, seen = plain_faust_app(url, topic, batched, base)
+    passthrough_stages = (
+        ("agent", "faust agent, per event (pass-through)", False, False),
+        ("batches", "faust agent, take_events (pass-through)", True, False),
+        ("tuned", "same, on intent.transport (pass-through)", True, True),
+    )
+    for key, name, batched, tuned in passthrough_stages if not arguments.detector_only else ():
+        app, seen = plain_faust_app(url, topic, batched, base, tuned)
         startup, run = await run_faust_app(app, count, lambda seen=seen: seen[0])
-        key, name = (
-            ("batches", "faust agent, take_events (pass-through)")
-            if batched
-            else ("agent", "faust agent, per event (pass-through)")
-        )
         results[key] = StageResult(name, count, run, startup)
         print(f"  {name}: {results[key].rate:,.0f} events/s", flush=True)
 
@@ -235,6 +243,7 @@ async def benchmark(arguments: argparse.Namespace, bootstrap_servers: str) -> di
         "raw_events_per_s": round(results["raw"].rate),
         "passthrough_events_per_s": round(results["agent"].rate) if "agent" in results else None,
         "passthrough_batched_events_per_s": round(results["batches"].rate) if "batches" in results else None,
+        "passthrough_tuned_events_per_s": round(results["tuned"].rate) if "tuned" in results else None,
         "detector_events_per_s": round(results["detector"].rate),
         "faust_startup_seconds": round(results["detector"].startup_seconds, 1),
         "inference_ms_per_micro_batch": round(stats.model_seconds * 1000 / max(1, stats.batches), 3),

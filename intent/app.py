@@ -28,13 +28,14 @@ from intent.events import InvalidEvent, ShopperEvent, iso_time, parse_event
 from intent.model import IntentModel
 from intent.policy import DeliveryPolicy, webhook_payload
 from intent.settings import Settings
-from intent.suggest import CrowdCounts, MerchandisingRules, Suggester
+from intent.suggest import CROWD_SPAN, CrowdCounts, MerchandisingRules, Suggester
 from intent.taxonomy import load_catalogue, load_taxonomy
 from intent.tracking import IntentTracker
+from intent.transport import IntentApp
 from intent.webhooks.api import SubscriptionsApi
 from intent.webhooks.delivery import Deliverer, PayloadTooLarge, parse_schedule
 from intent.webhooks.subscriptions import Subscription, SubscriptionLog
-from intent.window import WindowPolicy
+from intent.window import Window, WindowPolicy
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
 def create_worker(settings: Settings, model: IntentModel | None = None) -> IntentWorker:
     model = model or IntentModel.load(settings.model_dir, settings.inference_threads)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    app = faust.App(settings.app_id, **faust_settings(settings))
+    app = IntentApp(settings.app_id, fetch_max_wait_seconds=settings.fetch_max_wait_seconds, **faust_settings(settings))
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
     changes_topic = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes)
     dead_letter_topic = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
@@ -149,11 +150,13 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
         settings.frequency_cap_hours * 3600,
     )
 
-    def observe_event(event: ShopperEvent, window_events: list[dict[str, Any]]) -> None:
+    def observe_event(event: ShopperEvent, window: Window) -> None:
         """The crowd learns which products go together within a visit."""
         bought = event.event_type == "Order Completed"
         products = event.products if bought and event.products else (event.product_id,)
-        seen = {record["p"] for record in window_events[-8:] if "p" in record}
+        if not any(products):
+            return
+        seen = {record["p"] for record in window.tail(CROWD_SPAN) if "p" in record}
         for product in products:
             if product and seen:
                 crowd.observe(seen, product, bought, event.timestamp)

@@ -21,7 +21,7 @@ Eligible: in stock, not an excluded brand or category, under the price ceiling, 
 window (the products of its `Order Completed` events). A product of the intent's categories scores
 its category's weight for the intent, times its boosts, times 1.5 when the shopper viewed that
 category lately; the crowd (`CrowdCounts`: decayed co-view and co-purchase counts of the stream)
-adds a bonus for the neighbours of the window's products. With enough signal the crowd only
+adds a bonus for the neighbours of the window's last `CROWD_SPAN` products. With enough signal the crowd only
 reorders the intent's own products; for anonymous or new shoppers with little signal it also brings
 its own neighbours in, whatever their category: the opening salvo, said so in the reasons as
 `crowd_opening`. Each suggestion carries its reasons as `{code, text}`: a machine-readable code
@@ -31,16 +31,17 @@ its own neighbours in, whatever their category: the opening salvo, said so in th
 
 from __future__ import annotations
 
+import heapq
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from intent.taxonomy import Product, Taxonomy
+from intent.taxonomy import Intent, Product, Taxonomy
 
 PURCHASE_WEIGHT = 3.0  # a co-purchase says more than a co-view
 MAX_NEIGHBOURS = 50  # kept per product after a prune; a prune runs when twice as many gathered
@@ -49,6 +50,9 @@ PRUNE_BELOW = 0.05  # a tie this weak (about four half-lives after one view) say
 RECENT_EVENTS = 10  # the window's tail whose categories count as the shopper's recent views
 RECENT_CATEGORY_BOOST = 1.5
 CROWD_BLEND_WEIGHT = 0.3  # the crowd's bonus next to category weights, once the shopper has signal
+# The crowd ties products met within this many events of a visit, and suggests the neighbours of
+# the window's last this many products: the shopper's present, not their whole week.
+CROWD_SPAN = 8
 PRICE_CEILING_BASES = ("max", "median")
 _RULE_KEYS = frozenset(
     {
@@ -196,14 +200,20 @@ class CrowdCounts:
             del self.ties[product]
         return forgotten
 
-    def neighbours(self, products: Sequence[str], now: float) -> dict[str, CrowdTie]:
-        """The crowd's neighbours of `products` (a window's, oldest first), summed over them."""
+    def neighbours(
+        self, products: Sequence[str], now: float, wanted: Callable[[str], bool] | None = None
+    ) -> dict[str, CrowdTie]:
+        """The crowd's neighbours of `products` (a window's, oldest first), summed over them;
+        only those `wanted` says yes to, when given (the others cost nothing more)."""
         totals: dict[str, float] = {}
         bought: dict[str, float] = {}
         strongest: dict[str, tuple[float, str]] = {}
+        half_life = self.half_life
         for product in dict.fromkeys(products):
             for neighbour, (views, purchases, updated_at) in self.ties.get(product, {}).items():
-                decay = self._decay(updated_at, now)
+                if wanted is not None and not wanted(neighbour):
+                    continue
+                decay = 0.5 ** (max(0.0, now - updated_at) / half_life)  # `_decay`, inlined: the hot loop
                 from_purchases = PURCHASE_WEIGHT * purchases * decay
                 score = views * decay + from_purchases
                 totals[neighbour] = totals.get(neighbour, 0.0) + score
@@ -239,10 +249,35 @@ class Suggester:
         self.rules = rules
         self.crowd = crowd
         self.max_items = max_items
+        # What does not depend on the shopper is worked out once: each intent's own products
+        # that the rules allow, with their category weight times their boosts.
+        self._candidates: dict[str, list[tuple[Product, float]]] = {}
+        for intent_id in taxonomy.ids:
+            categories = taxonomy.get(intent_id).categories
+            self._candidates[intent_id] = [
+                (product, categories[product.category] * self._boost(product))
+                for product in catalogue
+                if product.category in categories and self._allowed(product)
+            ]
+
+    def _allowed(self, product: Product) -> bool:
+        return (
+            product.in_stock
+            and product.brand not in self.rules.excluded_brands
+            and product.category not in self.rules.excluded_categories
+        )
+
+    def _boost(self, product: Product) -> float:
+        return self.rules.boosted_products.get(product.product_id, 1.0) * self.rules.boosted_brands.get(
+            product.brand, 1.0
+        )
 
     def suggest(self, intent_id: str, window: Sequence[dict[str, Any]], now: float) -> list[dict[str, Any]]:
         """Ranked suggestions for `intent_id`, given the window's compact event records
-        (`intent.window.compact`, oldest first) and the time the crowd's counts decay to."""
+        (`intent.window.compact`, oldest first) and the time the crowd's counts decay to.
+
+        Scores first, reasons only for the products suggested: this runs in the stream on every
+        intent change."""
         intent = self.taxonomy.get(intent_id)
         bought = {p for r in window if r.get("e") == "Order Completed" for p in [*r.get("ps", ()), r.get("p")] if p}
         ceiling = self.rules.price_ceiling([r["pr"] for r in window if r.get("e") == "Product Viewed" and "pr" in r])
@@ -252,59 +287,41 @@ class Suggester:
 
         def eligible(product: Product) -> bool:
             return (
-                product.in_stock
-                and product.brand not in self.rules.excluded_brands
-                and product.category not in self.rules.excluded_categories
-                and product.product_id not in bought
+                product.product_id not in bought
                 and (ceiling is None or product.price <= ceiling)
+                and self._allowed(product)
             )
 
-        scored: dict[str, tuple[float, list[dict[str, str]]]] = {}
-        for product in self.products.values():
-            weight = intent.categories.get(product.category)
-            if weight is None or not eligible(product):
+        scores: dict[str, float] = {}
+        for product, weight in self._candidates[intent_id]:
+            if product.product_id in bought or (ceiling is not None and product.price > ceiling):
                 continue
-            reasons = [_reason("intent_category", f"in {product.category}, typical of {intent.label.lower()}")]
-            score = weight
-            if product.category in recent_categories:
-                score *= RECENT_CATEGORY_BOOST
-                reasons.append(_reason("recently_viewed_category", f"matches your recent views of {product.category}"))
-            for factor, code, text in (
-                (self.rules.boosted_products.get(product.product_id), "boosted_product", "promoted product"),
-                (self.rules.boosted_brands.get(product.brand), "boosted_brand", f"promoted brand {product.brand}"),
-            ):
-                if factor:
-                    score *= factor
-                    reasons.append(_reason(code, text))
-            scored[product.product_id] = (score, reasons)
+            boost = RECENT_CATEGORY_BOOST if product.category in recent_categories else 1.0
+            scores[product.product_id] = weight * boost
 
         # An intent without categories (browsing) has only the crowd to go on, like a new shopper.
         crowd_leads = little_signal or not intent.categories
         crowd_weight = 1.0 if crowd_leads else CROWD_BLEND_WEIGHT
-        for neighbour, tie in self.crowd.neighbours(window_products, now).items():
+        in_window = set(window_products)
+
+        def wanted(neighbour: str) -> bool:
             product = self.products.get(neighbour)
-            if product is None or not eligible(product) or neighbour in window_products:
-                continue
-            if product.category not in intent.categories and not crowd_leads:
-                continue
-            source = self.products[tie.source].name if tie.source in self.products else tie.source
-            together = f"often {'bought' if tie.bought else 'viewed'} with {source}"
-            reason = (
-                _reason("crowd_opening", f"{together} by other shoppers: a first pick while your visit is new")
-                if little_signal
-                else _reason("crowd", together)
+            return (
+                product is not None
+                and neighbour not in in_window
+                and (crowd_leads or product.category in intent.categories)
+                and eligible(product)
             )
-            score, reasons = scored.get(neighbour, (0.0, []))
-            scored[neighbour] = (score + crowd_weight * (1 - math.exp(-tie.score)), [*reasons, reason])
+
+        ties = self.crowd.neighbours(window_products[-CROWD_SPAN:], now, wanted)
+        for neighbour, tie in ties.items():
+            scores[neighbour] = scores.get(neighbour, 0.0) + crowd_weight * (1 - math.exp(-tie.score))
 
         pinned = [p for p in self.rules.pinned.get(intent_id, ()) if p in self.products and eligible(self.products[p])]
-        ranked = sorted(scored, key=lambda pid: (-scored[pid][0], pid))
+        ranked = heapq.nsmallest(self.max_items + len(pinned), scores, key=lambda pid: (-scores[pid], pid))
         suggestions = []
         for product_id in list(dict.fromkeys([*pinned, *ranked]))[: self.max_items]:
             product = self.products[product_id]
-            score, reasons = scored.get(product_id, (0.0, []))
-            if product_id in pinned:
-                reasons = [_reason("pinned", f"pinned for {intent.label.lower()}"), *reasons]
             suggestions.append(
                 {
                     "product_id": product.product_id,
@@ -312,11 +329,42 @@ class Suggester:
                     "category": product.category,
                     "brand": product.brand,
                     "price": product.price,
-                    "score": round(score, 4),
-                    "reasons": reasons,
+                    "score": round(scores.get(product_id, 0.0), 4),
+                    "reasons": self._reasons(
+                        product, intent, product_id in pinned, recent_categories, ties.get(product_id), little_signal
+                    ),
                 }
             )
         return suggestions
+
+    def _reasons(
+        self,
+        product: Product,
+        intent: Intent,
+        pinned: bool,
+        recent_categories: set[str],
+        tie: CrowdTie | None,
+        little_signal: bool,
+    ) -> list[dict[str, str]]:
+        """Why `product` is suggested, in the order its score was built."""
+        reasons = [_reason("pinned", f"pinned for {intent.label.lower()}")] if pinned else []
+        if product.category in intent.categories and self._allowed(product):
+            reasons.append(_reason("intent_category", f"in {product.category}, typical of {intent.label.lower()}"))
+            if product.category in recent_categories:
+                reasons.append(_reason("recently_viewed_category", f"matches your recent views of {product.category}"))
+            if product.product_id in self.rules.boosted_products:
+                reasons.append(_reason("boosted_product", "promoted product"))
+            if product.brand in self.rules.boosted_brands:
+                reasons.append(_reason("boosted_brand", f"promoted brand {product.brand}"))
+        if tie is not None:
+            source = self.products[tie.source].name if tie.source in self.products else tie.source
+            together = f"often {'bought' if tie.bought else 'viewed'} with {source}"
+            reasons.append(
+                _reason("crowd_opening", f"{together} by other shoppers: a first pick while your visit is new")
+                if little_signal
+                else _reason("crowd", together)
+            )
+        return reasons
 
 
 def _reason(code: str, text: str) -> dict[str, str]:

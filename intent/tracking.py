@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from intent.changes import EVIDENCE_EVENTS, build_intent_changed
 from intent.detector import DetectorState, ShiftDetector
@@ -39,7 +40,7 @@ class _Step:
     scope: str
     key: str
     features: list[int]
-    window_events: list[dict[str, Any]]  # the window as it was after this event
+    window_lines: list[bytes]  # the window's serialized records as they were after this event
 
 
 @dataclass
@@ -64,12 +65,12 @@ class IntentTracker:
         shoppers: KeyValueStore,
         clock: Callable[[], float] = time.time,
         observe_inference: Callable[[float], None] | None = None,
-        observe_event: Callable[[ShopperEvent, list[dict[str, Any]]], None] | None = None,
+        observe_event: Callable[[ShopperEvent, Window], None] | None = None,
         enrich_change: Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, Any]] | None = None,
     ) -> None:
-        """`observe_event(event, window_events)` sees every new event with its window before it
-        (the crowd counts learn from it); `enrich_change(change, window_events)` returns the change
-        to emit (suggestions and holdout are added there)."""
+        """`observe_event(event, window)` sees every new event with its window before it (the
+        crowd counts learn from it); `enrich_change(change, window_events)` returns the change to
+        emit (suggestions and holdout are added there), given the window's records."""
         self.model = model
         self.policy = policy
         self.sessions = sessions
@@ -121,7 +122,7 @@ class IntentTracker:
             self._ensure_model_state(state)
             features = self.model.featurizer.encode(event, state.previous_timestamp())
             if self._observe_event is not None:
-                self._observe_event(event, state.events)
+                self._observe_event(event, state)
             if state is session:
                 self.policy.add_to_session(session, event, now)
             else:
@@ -131,7 +132,7 @@ class IntentTracker:
             steps_per_window[id(state)] += 1
             if position == len(rounds):
                 rounds.append([])
-            rounds[position].append(_Step(event, state, scope, state_key, features, list(state.events)))
+            rounds[position].append(_Step(event, state, scope, state_key, features, list(state.lines)))
 
         changes = [change for steps in rounds for change in self._run_round(steps)]
         self.stats.events += len(events)
@@ -170,6 +171,7 @@ class IntentTracker:
                 shift = self.detector.update(detector_state, distribution)
                 window.detector = detector_state.to_list()
             if shift is not None:
+                window_events = [orjson.loads(line) for line in step.window_lines]
                 change = build_intent_changed(
                     model=self.model,
                     shift=shift,
@@ -177,11 +179,11 @@ class IntentTracker:
                     event=step.event,
                     scope=step.scope,
                     window_key=step.key,
-                    window_events=step.window_events[-EVIDENCE_EVENTS:],
+                    window_events=window_events[-EVIDENCE_EVENTS:],
                     segment=step.event.segment or _last_segment(window),
                 )
                 if self._enrich_change is not None:
-                    change = self._enrich_change(change, step.window_events)
+                    change = self._enrich_change(change, window_events)
                 changes.append(change)
         return changes
 
@@ -189,7 +191,7 @@ class IntentTracker:
         """A window last served by another model version is re-encoded from its raw events."""
         if window.model_version in (None, self.model.version):
             return
-        events = [expand(record) for record in window.events]
+        events = [expand(record) for record in window.records()]
         window.reset_model_state()
         self.stats.reencoded_windows += 1
         if not events:
@@ -235,4 +237,5 @@ def _hidden_or_zeros(window: Window, model: IntentModel) -> np.ndarray:
 
 
 def _last_segment(window: Window) -> str | None:
-    return next((record["sg"] for record in reversed(window.events) if "sg" in record), None)
+    records = map(orjson.loads, reversed(window.lines))  # newest first, parsed only until found
+    return next((record["sg"] for record in records if "sg" in record), None)

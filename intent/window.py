@@ -70,8 +70,13 @@ def expand(record: dict[str, Any]) -> ShopperEvent:
 
 @dataclass(slots=True)
 class Window:
+    """One window. Its events are kept as their serialized records (`lines`, oldest first) and
+    parsed only where they are read (`records`, `tail`): each event loads and stores its window,
+    and a known shopper's holds up to 200 events, so parsing them all every time was the
+    stream's largest cost after Faust's own."""
+
     session_id: str | None = None  # the visit this window covers; None for shopper windows
-    events: list[dict[str, Any]] = field(default_factory=list)  # compact records, oldest first
+    lines: list[bytes] = field(default_factory=list)  # orjson of compact records, oldest first
     hidden: str | None = None  # the model's recurrent state, base64 float32
     detector: list[Any] = field(default_factory=lambda: [None, None, 0])
     model_version: str | None = None  # the model that produced `hidden` and `detector`
@@ -81,10 +86,10 @@ class Window:
     last_offset: int = -1  # input offset of the last event applied: replays are recognised
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
+        """A JSON header line, then one line per event record (orjson never writes a raw newline)."""
+        header = orjson.dumps(
             [
                 self.session_id,
-                self.events,
                 self.hidden,
                 self.detector,
                 self.model_version,
@@ -94,10 +99,24 @@ class Window:
                 self.last_offset,
             ]
         )
+        return b"\n".join([header, *self.lines])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Window:
-        return cls(*orjson.loads(raw))
+        header, *lines = raw.split(b"\n")
+        session_id, *state = orjson.loads(header)
+        return cls(session_id, lines, *state)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.lines.append(orjson.dumps(record))
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every event record, oldest first."""
+        return [orjson.loads(line) for line in self.lines]
+
+    def tail(self, count: int) -> list[dict[str, Any]]:
+        """The last `count` event records, oldest first."""
+        return [orjson.loads(line) for line in self.lines[-count:]] if count > 0 else []
 
     def hidden_state(self) -> np.ndarray | None:
         if self.hidden is None:
@@ -108,7 +127,7 @@ class Window:
         self.hidden = base64.b64encode(np.ascontiguousarray(state, dtype=np.float32).tobytes()).decode()
 
     def previous_timestamp(self) -> float | None:
-        return self.events[-1]["t"] if self.events else None
+        return orjson.loads(self.lines[-1])["t"] if self.lines else None
 
     def reset_model_state(self) -> None:
         self.hidden, self.detector, self.model_version = None, [None, None, 0], None
@@ -139,7 +158,7 @@ class WindowPolicy:
 
     def add_to_session(self, window: Window, event: ShopperEvent, now: float) -> None:
         self._append(window, event, now)
-        del window.events[: -self.session_events]
+        del window.lines[: -self.session_events]
 
     @staticmethod
     def touch_session(window: Window, event: ShopperEvent, now: float) -> None:
@@ -150,13 +169,16 @@ class WindowPolicy:
 
     def add_to_shopper(self, window: Window, event: ShopperEvent, now: float) -> None:
         self._append(window, event, now)
+        lines = window.lines
         oldest = event.timestamp - self.shopper_days * 86400
-        keep_from = next((i for i, e in enumerate(window.events) if e["t"] >= oldest), len(window.events))
-        del window.events[: max(keep_from, len(window.events) - self.shopper_events)]
+        keep_from = 0  # the first event within the span: usually the first one, one parse
+        while keep_from < len(lines) and orjson.loads(lines[keep_from])["t"] < oldest:
+            keep_from += 1
+        del lines[: max(keep_from, len(lines) - self.shopper_events)]
 
     @classmethod
     def _append(cls, window: Window, event: ShopperEvent, now: float) -> None:
-        window.events.append(compact(event))
+        window.append(compact(event))
         cls.touch_session(window, event, now)
 
     def session_expired(self, window: Window, now: float, event_time: float) -> bool:

@@ -10,7 +10,7 @@ import pytest
 
 from intent.settings import Settings
 from intent.stores import DictStore
-from intent.suggest import PURCHASE_WEIGHT, CrowdCounts, MerchandisingRules, Suggester
+from intent.suggest import CROWD_SPAN, PURCHASE_WEIGHT, CrowdCounts, MerchandisingRules, Suggester
 from intent.taxonomy import Product, Taxonomy
 
 DAY = 86400.0
@@ -188,6 +188,23 @@ def test_with_enough_signal_the_crowd_only_reorders_the_intents_products(taxonom
     lozenge = next(item for item in with_crowd if item["product_id"] == "P0058")
     assert lozenge["reasons"][-1] == {"code": "crowd", "text": "often bought with Echinacea Immune Tea x20"}
     assert sorted(ids(with_crowd)) == sorted(ids(alone))
+
+
+def test_the_crowd_looks_only_at_the_neighbours_of_the_windows_last_products(taxonomy, catalogue, plain) -> None:
+    crowd = CrowdCounts(3 * DAY)
+    for _ in range(5):
+        crowd.observe(["P0037"], "P0058", purchased=True, now=NOW)  # the echinacea tea's neighbour
+    earlier = [view(by_id(catalogue, "P0037"), NOW - 3600)]
+    others = [p for p in catalogue if p.category in taxonomy.get("cold_flu_care").categories][:20]
+    others = [p for p in others if p.product_id not in ("P0037", "P0058")][:CROWD_SPAN]
+    later = [view(product, NOW + number) for number, product in enumerate(others)]
+
+    def crowd_reasons(window: list[dict]) -> list[dict]:
+        suggested = suggester(taxonomy, catalogue, plain, crowd, max_items=50).suggest("cold_flu_care", window, NOW)
+        return [reason for item in suggested for reason in item["reasons"] if reason["code"] == "crowd"]
+
+    assert crowd_reasons(earlier + later[:-1])  # the tea is among the last CROWD_SPAN products
+    assert not crowd_reasons(earlier + later)  # pushed out of the span: the crowd says nothing
 
 
 def test_crowd_counts_decay_with_their_half_life_and_weigh_purchases_more() -> None:

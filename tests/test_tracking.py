@@ -149,13 +149,13 @@ def test_a_session_keeps_only_its_last_events_and_a_shopper_only_the_recent_days
     known += [event("ada", start + 3 * 86400 + i, context={"sessionId": "s2"}) for i in range(3)]
     run(tracker, anonymous + known, batch=4)
     session = Window.from_bytes(tracker.sessions.data["anon|v"])
-    assert [record["m"] for record in session.events] == [e.message_id for e in anonymous[2:]]
+    assert [record["m"] for record in session.records()] == [e.message_id for e in anonymous[2:]]
     shopper = Window.from_bytes(tracker.shoppers.data["ada"])
     # three days later, the 2-day span keeps only the second visit
-    assert [record["m"] for record in shopper.events] == [e.message_id for e in known[12:]]
+    assert [record["m"] for record in shopper.records()] == [e.message_id for e in known[12:]]
     # the known shopper's visit keeps its clock; its events are in the shopper window only
     visit = Window.from_bytes(tracker.sessions.data["ada|s2"])
-    assert visit.events == [] and visit.last_event_time == known[-1].timestamp
+    assert visit.lines == [] and visit.last_event_time == known[-1].timestamp
 
 
 def test_without_a_session_id_a_long_pause_starts_a_new_session(model: IntentModel) -> None:
@@ -167,7 +167,7 @@ def test_without_a_session_id_a_long_pause_starts_a_new_session(model: IntentMod
     run(tracker, [after_a_pause], batch=1, first_offset=2)
     later = Window.from_bytes(tracker.sessions.data[session_key(first)])
     assert later.session_id != visit
-    assert [record["m"] for record in later.events] == [after_a_pause.message_id]
+    assert [record["m"] for record in later.records()] == [after_a_pause.message_id]
 
 
 def test_idle_sessions_expire_by_the_clock_and_by_event_time(model: IntentModel) -> None:
@@ -210,7 +210,7 @@ def test_a_new_model_version_re_encodes_the_windows_without_losing_them(
     never_switched = tracker_for(model, shopper_days=365.0)
     run(never_switched, mixed_stream, batch=100)
     reference = Window.from_bytes(never_switched.shoppers.data[shopper_key])
-    assert [r["m"] for r in after.events] == [r["m"] for r in reference.events]
+    assert [r["m"] for r in after.records()] == [r["m"] for r in reference.records()]
     assert np.allclose(after.hidden_state(), reference.hidden_state(), atol=1e-5)
 
 
@@ -220,4 +220,4 @@ def test_events_of_categories_the_model_never_saw_raise_no_intent_change(model: 
     unknown = [event("zoe", start + 60 * i, category="shop-category-4711") for i in range(30)]
     assert run(tracker, unknown, batch=7) == []
     window = Window.from_bytes(tracker.shoppers.data["zoe"])
-    assert len(window.events) == 30 and window.hidden_state() is not None  # still tracked
+    assert len(window.lines) == 30 and window.hidden_state() is not None  # still tracked

@@ -1,0 +1,71 @@
+"""The Kafka transport under the Faust app, tuned for a stream of many small events.
+
+Faust's own aiokafka driver costs more per message than the detector's whole work on an event,
+in two places measured with py-spy on `benchmarks/throughput.py`:
+- Its consumer lets the broker hold a fetch for 1.5 s (`fetch_max_wait_ms`, fixed in the driver).
+  A worker that drains its buffers faster than a fetch round returns then idles between rounds:
+  a do-nothing agent ran at about a third of one core. `IntentApp` sets the wait from the settings.
+- It hands every message to the streams through mode's `wait_first(deliver, suspend_flow.wait())`,
+  which starts four asyncio tasks per message so that a rebalance can interrupt a delivery that
+  waits for room. When nothing can make the delivery wait (flow running, producer buffer below its
+  limit, no stream buffer full) `FastDeliveryConsumer` awaits the delivery itself: the same result,
+  without the tasks. Otherwise it takes Faust's path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiokafka
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TransportT
+from mode.services import WaitArgT, WaitResults
+
+
+class IntentApp(faust.App):
+    """A Faust app on `IntentTransport`, whose consumer fetches with `fetch_max_wait_seconds`."""
+
+    def __init__(self, id: str, *, fetch_max_wait_seconds: float, **options: Any) -> None:
+        self.fetch_max_wait_seconds = fetch_max_wait_seconds
+        super().__init__(id, **options)
+
+    def _new_transport(self) -> TransportT:
+        return IntentTransport(self.conf.broker_consumer, self)
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka reads it when the consumer starts, which is after this returns
+        consumer._fetch_max_wait_ms = round(self.app.fetch_max_wait_seconds * 1000)
+        return consumer
+
+
+class FastDeliveryConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def wait_first(self, *coros: WaitArgT, timeout: float | None = None) -> WaitResults:
+        # The consumer's only caller is its drain loop: wait_first(deliver(message), suspend_flow.wait()).
+        if len(coros) == 2 and timeout is None and self._delivery_cannot_wait():
+            deliver, suspended = coros
+            suspended.close()  # type: ignore[union-attr]  # a coroutine never started
+            return WaitResults([deliver], [await deliver], False)  # type: ignore[misc]
+        return await super().wait_first(*coros, timeout=timeout)
+
+    def _delivery_cannot_wait(self) -> bool:
+        """True when each await in Faust's delivery (`ConductorCompiler.build`) returns at once."""
+        app = self.app
+        buffer = app.producer.buffer
+        return (
+            self.flow_active
+            and not self.suspend_flow.is_set()
+            and app.flow_control.is_active()
+            and buffer.size <= buffer.max_messages
+            and not any(channel.queue.full() for channel in app.topics)
+        )
+
+
+class IntentTransport(faust_aiokafka.Transport):
+    Consumer = FastDeliveryConsumer
