@@ -100,6 +100,9 @@ def test_metrics_have_every_required_figure_for_model_and_baselines(tiny_model: 
         assert figures <= set(baseline)
     assert 0 < metrics["bayes_optimal_accuracy"] <= 1
     assert metrics["ratio_to_bayes"] == pytest.approx(metrics["accuracy"] / metrics["bayes_optimal_accuracy"])
+    assert {"cold_flu_detected_after_tea_events", "bayes_optimal_cold_flu_detected_after_tea_events"} <= set(
+        metrics["story"]
+    )
 
 
 def test_the_step_model_reproduces_the_full_model_event_by_event(tiny_model: Path) -> None:
