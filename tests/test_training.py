@@ -15,6 +15,7 @@ from intent.taxonomy import Taxonomy, load_taxonomy
 from training.__main__ import main as training_main
 from training.data import encode, from_records, from_simulation, read_labelled_file
 from training.simulate import Simulator, iter_jsonl_records
+from training.train import TrainConfig
 
 pytest.importorskip("torch")
 
@@ -80,6 +81,7 @@ def test_metadata_holds_what_serving_and_auditing_need(tiny_model: Path) -> None
         assert len(file["sha256"]) == 64 and 0 < file["bytes"] <= 4 * 1024 * 1024
     assert metadata["parity"]["torch_vs_onnx"] <= 1e-4
     assert metadata["parity"]["step_vs_full"] <= 1e-4
+    assert metadata["training"]["distillation_weight"] == TrainConfig.distillation_weight
 
 
 def test_metrics_have_every_required_figure_for_model_and_baselines(tiny_model: Path) -> None:
@@ -154,7 +156,9 @@ def test_labelled_files_train_with_weak_labels_where_labels_are_missing(
 
     out = tmp_path / "own"
     training_main(["all", "--out", str(out), "--data", str(path), "--epochs", "1", "--hidden-size", "8"])
-    assert IntentModel.load(out).metadata["training"]["source"].startswith(str(path))
+    training = IntentModel.load(out).metadata["training"]
+    assert training["source"].startswith(str(path))
+    assert training["distillation_weight"] is None, "own data has no Bayes filter: labels only"
 
 
 def test_parquet_files_use_the_flat_columns(tmp_path: Path, taxonomy: Taxonomy, featurizer: Featurizer) -> None:

@@ -1,6 +1,7 @@
 """`python -m training`: simulate, train, evaluate and export intent models.
 
 python -m training all --out models/intent-gru        # simulate -> train -> evaluate -> export
+python -m training all --out models/labels-only --distillation-weight 0   # without the Bayes teacher
 python -m training all --out models/mine --data events.jsonl [--category-map map.json]
 python -m training evaluate --model models/intent-gru [--noise 0.2 --switch-rate 2]
 python -m training simulate --shoppers 100 --out shoppers.jsonl
@@ -28,6 +29,7 @@ from training.evaluate import evaluate_model, simulated_test_set, tune_detector
 from training.export import export_model
 from training.report import TABLE_COLUMNS, comparison_rows, target_lines, write_model_card, write_plots
 from training.simulate import Regime, Simulator, World, iter_jsonl_records
+from training.teacher import BayesTeacher
 from training.train import TrainConfig, predict, train
 
 METRICS_FILE = "metrics.json"
@@ -71,7 +73,8 @@ def command_simulate(arguments: argparse.Namespace) -> None:
 def _simulate_splits(
     arguments: argparse.Namespace, regime: Regime, taxonomy: Taxonomy, catalogue: tuple[Product, ...]
 ) -> tuple[Featurizer, list[LabelledSequence], list[LabelledSequence], list[LabelledSequence], World]:
-    """Train, validation and test shoppers from three seeds; the test world for the Bayes filter."""
+    """Train, validation and test shoppers from three seeds, and the world they share (the
+    generative process: the Bayes filter's teacher in training and reference in evaluation)."""
     print(f"simulating {arguments.shoppers:,} + {arguments.validation_shoppers:,} shoppers ...")
     simulator = Simulator(arguments.seed, regime, taxonomy, catalogue)
     featurizer = Featurizer(simulator.world.vocabulary)
@@ -127,7 +130,14 @@ def command_all(arguments: argparse.Namespace) -> None:
 
     train_features = training_data.encode(featurizer, train_set)
     validation_features = training_data.encode(featurizer, validation_set)
-    config = TrainConfig(epochs=arguments.epochs, seed=arguments.seed, hidden_size=arguments.hidden_size)
+    config = TrainConfig(
+        epochs=arguments.epochs,
+        seed=arguments.seed,
+        hidden_size=arguments.hidden_size,
+        distillation_weight=arguments.distillation_weight,
+    )
+    # Simulated shoppers come with the exact posterior to learn from; a user's own files do not.
+    teacher = None if world is None else BayesTeacher(world, featurizer.vocabulary).posteriors
     result = train(
         featurizer.cardinalities,
         len(taxonomy.ids),
@@ -137,6 +147,7 @@ def command_all(arguments: argparse.Namespace) -> None:
         [s.labels for s in validation_set],
         config,
         progress=sys.stderr.isatty(),
+        teacher=teacher,
     )
     browsing = taxonomy.index(taxonomy.browsing_intent)
     detector, _ = tune_detector(predict(result.model, validation_features), validation_set, browsing)
@@ -150,6 +161,7 @@ def command_all(arguments: argparse.Namespace) -> None:
         "events": len(labels),
         "validation_sequences": len(validation_set),
         "intent_shares": [round(float(x), 5) for x in shares],
+        "distillation_weight": None if teacher is None else config.distillation_weight,
         "epochs": config.epochs,
         "best_epoch": result.best_epoch,
         "validation_accuracy": [round(a, 4) for a in result.validation_accuracy],
@@ -244,6 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     everything.add_argument("--test-shoppers", type=int, default=1500)
     everything.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     everything.add_argument("--hidden-size", type=int, default=TrainConfig.hidden_size)
+    everything.add_argument(
+        "--distillation-weight",
+        type=float,
+        default=TrainConfig.distillation_weight,
+        help="simulated shoppers: weight of the Bayes filter's posterior in the targets, the rest the labels",
+    )
     everything.add_argument("--seed", type=int, default=7)
     _add_regime_arguments(everything)
     everything.set_defaults(handler=command_all)

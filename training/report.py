@@ -122,6 +122,20 @@ def _save(figure: Any, path: Path) -> str:
     return path.name
 
 
+def _training_targets(distillation_weight: float | None) -> str:
+    if distillation_weight is None:
+        return "the labelled intent after every event"
+    if distillation_weight == 1:
+        return (
+            "after every event, the Bayes-optimal filter's posterior on the events so far (knowledge "
+            "distillation: how sure anyone could be, not only which intent it was); the labels choose the epoch"
+        )
+    return (
+        f"after every event, {distillation_weight:g} x the Bayes-optimal filter's posterior on the events so far "
+        f"+ {1 - distillation_weight:g} x the labelled intent (knowledge distillation)"
+    )
+
+
 def write_model_card(metadata: dict[str, Any], metrics: dict[str, Any], plots: dict[str, str], out_dir: Path) -> None:
     training = metadata["training"]
     story = metrics["story"]
@@ -141,6 +155,7 @@ def write_model_card(metadata: dict[str, Any], metrics: dict[str, Any], plots: d
         f"- data: {training['source']}; {training['sequences']:,} sequences, {training['events']:,} events",
         f"- seed {training['seed']}, {training['epochs']} epochs (best {training['best_epoch']}), "
         f"{training['seconds']:.0f} s on {training['threads']} CPU threads",
+        f"- targets: {_training_targets(training.get('distillation_weight'))}",
         f"- detector tuned on validation shoppers: commits to an intent at once above "
         f"{metadata['detector']['instant_threshold']}, or after "
         f"{metadata['detector']['confirm_events']} consecutive event(s) above "

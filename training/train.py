@@ -1,10 +1,14 @@
-"""Fit the intent model (IntentGRU unless given another): cross-entropy on the intent after every event."""
+"""Fit the intent model (IntentGRU unless given another): cross-entropy on the intent after every event.
+
+The target after each event is the labelled intent or, given a teacher (the Bayes filter on
+simulated shoppers, `training.teacher`), a mix of it with the teacher's posterior.
+"""
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +20,8 @@ from intent.features import FEATURE_COLUMNS, FIRST_KNOWN_ID, OUT_OF_VOCABULARY, 
 from training.network import IntentGRU
 
 IGNORE = -100
+# Feature rows (batch, time, columns) -> a target distribution per event (batch, time, intents).
+Teacher = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,13 @@ class TrainConfig:
     # learns that an unknown category is no evidence (a shop's own categories, unmapped, must not
     # read as some intent).
     unknown_category_rate: float = 0.05
+    # With a teacher, the weight of its posterior in each event's target (the rest: the label).
+    # `python -m training all --distillation-weight W`, all else default: W = 0 (labels only),
+    # 0.5, 0.9, 1 gave 3.78, 2.81, 2.50, 2.48 false alarms per 1,000 validation events under the
+    # detector `all` tunes (3.10, 2.21, 1.83, 1.75 on the test shoppers) and best validation
+    # accuracy 0.9650, 0.9681, 0.9696, 0.9696. The exact posterior holds what a label can teach
+    # without its noise (which intent a shopper had just after a switch no event has shown yet).
+    distillation_weight: float = 1.0
 
 
 @dataclass
@@ -55,13 +68,29 @@ def _training_batches(
 CATEGORY_COLUMN = FEATURE_COLUMNS.index("category")
 
 
-def _hide_some_categories(x: torch.Tensor, rate: float) -> torch.Tensor:
+def hide_some_categories(x: torch.Tensor, rate: float) -> torch.Tensor:
     if rate <= 0:
         return x
     hidden = (torch.rand(x.shape[:2]) < rate) & (x[..., CATEGORY_COLUMN] >= FIRST_KNOWN_ID)
     x = x.clone()
     x[..., CATEGORY_COLUMN][hidden] = OUT_OF_VOCABULARY
     return x
+
+
+def event_targets(
+    x: torch.Tensor, labels: torch.Tensor, intents: int, teacher: Teacher | None, distillation_weight: float
+) -> torch.Tensor:
+    """Each event's target distribution, (batch, time, intents); padding rows are all zero.
+
+    Cross-entropy is linear in the target, so the mixed target's loss is the weighted sum of the
+    soft (teacher) and hard (label) losses.
+    """
+    padding = labels == IGNORE
+    targets = nn.functional.one_hot(labels.masked_fill(padding, 0), intents).to(torch.float32)
+    if teacher is not None:
+        with torch.no_grad():
+            targets = distillation_weight * teacher(x) + (1 - distillation_weight) * targets
+    return targets.masked_fill(padding[..., None], 0.0)
 
 
 def predict(model: nn.Module, features: Sequence[np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
@@ -92,16 +121,17 @@ def train(
     config: TrainConfig,
     progress: bool = True,
     model: nn.Module | None = None,
+    teacher: Teacher | None = None,
 ) -> TrainResult:
     """Fit `model` (default: a fresh IntentGRU) with Adam and a cosine schedule; keeps the epoch
-    with the best validation accuracy."""
+    with the best validation accuracy. A `teacher` sees the same rows as the model, categories
+    hidden included, and its posterior joins the labels as the target."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     shuffle = random.Random(config.seed)
     model = model if model is not None else IntentGRU(cardinalities, intents, config.hidden_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    loss_function = nn.CrossEntropyLoss(ignore_index=IGNORE)
     batches = _training_batches(train_features, train_labels, config)
     result = TrainResult(model, 0.0)
     best_state = None
@@ -111,9 +141,10 @@ def train(
         model.train()
         shuffle.shuffle(batches)
         for x, y in batches:
-            x = _hide_some_categories(x, config.unknown_category_rate)
+            x = hide_some_categories(x, config.unknown_category_rate)
+            targets = event_targets(x, y, intents, teacher, config.distillation_weight)
             logits, _ = model(x)
-            loss = loss_function(logits.reshape(-1, intents), y.reshape(-1))
+            loss = -(targets * torch.log_softmax(logits, dim=-1)).sum() / (y != IGNORE).sum()
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
