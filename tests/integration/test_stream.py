@@ -50,8 +50,8 @@ async def test_the_story_produces_the_expected_intent_changed_on_the_topic(deplo
     assert change["from_intent"]["id"] == "coffee_ritual"
     assert change["to_intent"]["sensitive"] is True
     assert change["scope"] == "shopper" and change["user_id"] == STORY_SHOPPER
-    assert change["trigger_message_id"] == f"{STORY_SHOPPER}-s4-e1"  # the second tea event
-    assert change["evidence"][-1]["category"] == "herbal tea"
+    assert change["trigger_message_id"] == f"{STORY_SHOPPER}-s4-e2"  # the third tea event
+    assert change["evidence"][-1]["category"] == "mint tea"
     assert change["segment"] == "coffee lovers"
     assert change["model_version"] == IntentModel.load(get_settings().model_dir).version
     assert change["top_intents"][0]["id"] == "cold_flu_care"
@@ -61,7 +61,7 @@ async def test_bad_events_go_to_the_dead_letter_topic_and_the_events_around_them
     deployment: Deployment,
 ) -> None:
     lines = story_lines()
-    trigger = next(i for i, line in enumerate(lines) if b"s4-e1" in line)
+    trigger = next(i for i, line in enumerate(lines) if b"s4-e2" in line)
     bad = [
         b"not json at all",
         b'["an", "array"]',
