@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.throughput import simulated_events
 from intent.broker import EmbeddedBroker, free_port
 from intent.kafka import ensure_topics, producer
-from intent.settings import REPO_DIR
+from intent.settings import REPO_DIR, Settings
 
 TOKEN = "benchmark"
 
@@ -46,8 +46,14 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 async def follow(bootstrap: str, topic: str, arrivals: dict[str, float], key: str, stop: asyncio.Event) -> None:
-    """Record when each record of `topic` (from now on) is read, by `key` field."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest")
+    """Record when each record of `topic` (from now on) is read, by `key` field; with the worker's
+    fetch wait, so the broker round trip is the floor the worker's own consumer sees too."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=round(Settings().fetch_max_wait_seconds * 1000),
+    )
     await consumer.start()
     try:
         while not stop.is_set():
