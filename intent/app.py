@@ -21,6 +21,7 @@ from typing import Any
 import faust
 import mode
 import orjson
+from faust.serializers import codecs
 from faust.types import TP, ConsumerT, EventT
 
 from intent import observability as metrics
@@ -46,26 +47,56 @@ class TableStore:
     Faust's own `table[key] = value` takes the partition from the event being processed; a
     micro-batch spans partitions, and the expiry sweep and webhook retries run outside any event,
     so each value records its input partition and is written to that changelog partition here.
+    The changelog records go to the producer in order, a burst at a time, from one task: Faust's
+    `send_changelog` queues each record through its producer buffer and a task of its own, which
+    cost more per event than all of the detector's work (py-spy, benchmarks/throughput.py).
     """
 
     def __init__(self, table: faust.Table, owned_partitions: Any) -> None:
         self.table = table
         self._owned_partitions = owned_partitions
+        self._unsent: list[tuple[int, bytes, bytes | None]] = []
+        self._sending: asyncio.Task[None] | None = None
 
     def get(self, key: str) -> bytes | None:
         return self.table.data.get(key)
 
     def put(self, key: str, value: bytes, partition: int) -> None:
         self.table.data[key] = value
-        self.table.send_changelog(partition, key, value)
+        self._send(partition, key, value)
 
     def delete(self, key: str, partition: int) -> None:
         self.table.data.pop(key, None)
         if partition in self._owned_partitions():
-            self.table.send_changelog(partition, key, None, value_serializer="raw")
+            self._send(partition, key, None)
 
     def items(self) -> Iterator[tuple[str, bytes]]:
         return iter(list(self.table.data.items()))
+
+    async def flush(self) -> None:
+        """Return once every record written so far is with the producer (not yet acknowledged)."""
+        while self._sending is not None:
+            await asyncio.shield(self._sending)
+
+    def _send(self, partition: int, key: str, value: bytes | None) -> None:
+        # keys as the table's serializer writes them (JSON strings), so recovery reads them back
+        self._unsent.append((partition, codecs.dumps(self.table.key_serializer, key), value))
+        if self._sending is None:
+            self._sending = asyncio.ensure_future(self._send_unsent())
+
+    async def _send_unsent(self) -> None:
+        producer = self.table.app.producer
+        topic = self.table.changelog_topic.get_topic_name()
+        try:
+            while self._unsent:
+                records, self._unsent = self._unsent, []
+                for partition, key, value in records:
+                    await producer.send(topic, key, value, partition, None, None)
+        except Exception:  # the producer failed: Faust crashes the worker on its own send errors too
+            log.exception("changelog records of %s not sent", topic)
+            raise
+        finally:
+            self._sending = None
 
 
 @dataclass
@@ -84,7 +115,13 @@ class IntentWorker:
     deliverer: Deliverer
     policy: DeliveryPolicy
     crowd: CrowdCounts
+    stores: list[TableStore] = field(default_factory=list)  # every table the worker writes
     read_offsets: dict[int, int] = field(default_factory=dict)  # last input offset per partition
+
+    async def flush_changelogs(self) -> None:
+        """Return once every table write made so far is with the producer."""
+        for store in self.stores:
+            await store.flush()
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -171,8 +208,8 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
     tracker = IntentTracker(
         model,
         policy,
-        TableStore(sessions, owned_partitions),
-        TableStore(shoppers, owned_partitions),
+        session_store := TableStore(sessions, owned_partitions),
+        shopper_store := TableStore(shoppers, owned_partitions),
         observe_inference=metrics.INFERENCE_SECONDS.observe,
         observe_event=observe_event,
         enrich_change=enrich_change,
@@ -199,7 +236,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
 
     deliverer = Deliverer(
         subscriptions.registry,
-        TableStore(pending, owned_change_partitions),
+        pending_store := TableStore(pending, owned_change_partitions),
         schedule=parse_schedule(settings.webhook_retry_schedule),
         timeout_seconds=settings.webhook_timeout_seconds,
         endpoint_concurrency=settings.webhook_endpoint_concurrency,
@@ -208,6 +245,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
         disable=disable,
         owned_partitions=owned_change_partitions,  # after a rebalance, the new owner retries
     )
+    caps_store = TableStore(caps, owned_change_partitions)
     worker = IntentWorker(
         app,
         settings,
@@ -221,8 +259,8 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
         deliverer,
         delivery_policy,
         crowd,
+        [session_store, shopper_store, pending_store, caps_store],
     )
-    caps_store = TableStore(caps, owned_change_partitions)
 
     @app.agent(changes_topic, name="deliver-intent-changes")
     async def deliver_intent_changes(stream: faust.StreamT) -> None:
@@ -260,6 +298,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
         async def on_stop(self) -> None:
             await deliverer.stop()
             await subscriptions.stop()
+            await worker.flush_changelogs()
 
     SubscriptionsApi(
         subscriptions,
@@ -319,6 +358,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
     @app.timer(interval=settings.expiry_check_seconds)
     async def expire_windows() -> None:
         sessions_removed, shoppers_removed = tracker.expire()
+        await worker.flush_changelogs()
         if sessions_removed or shoppers_removed:
             log.info("expired %d idle sessions and %d shopper windows", sessions_removed, shoppers_removed)
 
@@ -412,6 +452,7 @@ async def handle_batch(worker: IntentWorker, batch: list[EventT]) -> None:
     if deliveries:
         await asyncio.gather(*deliveries)
     tracker.save()
+    await worker.flush_changelogs()  # with the producer before this batch's events are acknowledged
 
 
 async def _dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> None:

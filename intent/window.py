@@ -112,11 +112,11 @@ class Window:
 
     def records(self) -> list[dict[str, Any]]:
         """Every event record, oldest first."""
-        return [orjson.loads(line) for line in self.lines]
+        return _parse(self.lines)
 
     def tail(self, count: int) -> list[dict[str, Any]]:
         """The last `count` event records, oldest first."""
-        return [orjson.loads(line) for line in self.lines[-count:]] if count > 0 else []
+        return _parse(self.lines[-count:]) if count > 0 else []
 
     def hidden_state(self) -> np.ndarray | None:
         if self.hidden is None:
@@ -131,6 +131,10 @@ class Window:
 
     def reset_model_state(self) -> None:
         self.hidden, self.detector, self.model_version = None, [None, None, 0], None
+
+
+def _parse(lines: list[bytes]) -> list[dict[str, Any]]:
+    return orjson.loads(b"[" + b",".join(lines) + b"]")  # one call: cheaper than one per record
 
 
 def session_key(event: ShopperEvent) -> str:
