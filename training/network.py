@@ -9,12 +9,12 @@ A GRU rather than a small causal Transformer (training/transformer.py), chosen b
     test accuracy / Bayes-optimal                0.9918   0.9837
     shift F1 (detector tuned as `all` does)       0.893   0.812
     false alarms per 1k events                      4.3   7.3
-    stream us per event, batch 1 / batch 64    68 / 4.1   805 / 476
+    stream us per event, batch 1 / batch 64    17 / 1.5   120 / 78
     state kept per session                        512 B   3,200 B of feature rows (24,576 B as a KV cache)
 
 At about the same size the GRU is more accurate and detects shifts better (it carries the whole
 history; the Transformer sees its last 50 events), and in the stream, where events arrive one at a
-time, its step model (one event + hidden state) costs 12x less per event alone and over 100x less
+time, its step model (one event + hidden state) costs 7x less per event alone and 50x less
 batched than the Transformer re-reading its window, with the smallest state per session.
 """
 
