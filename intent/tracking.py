@@ -28,7 +28,7 @@ from intent.events import ShopperEvent
 from intent.features import FEATURE_COLUMNS, OUT_OF_VOCABULARY
 from intent.model import IntentModel
 from intent.stores import KeyValueStore
-from intent.window import Window, WindowPolicy, expand, session_key
+from intent.window import Window, WindowPolicy, expand, parse_records, session_key
 
 CATEGORY_COLUMN = FEATURE_COLUMNS.index("category")
 
@@ -171,7 +171,7 @@ class IntentTracker:
                 shift = self.detector.update(detector_state, distribution)
                 window.detector = detector_state.to_list()
             if shift is not None:
-                window_events = [orjson.loads(line) for line in step.window_lines]
+                window_events = parse_records(step.window_lines)
                 change = build_intent_changed(
                     model=self.model,
                     shift=shift,

@@ -112,11 +112,11 @@ class Window:
 
     def records(self) -> list[dict[str, Any]]:
         """Every event record, oldest first."""
-        return _parse(self.lines)
+        return parse_records(self.lines)
 
     def tail(self, count: int) -> list[dict[str, Any]]:
         """The last `count` event records, oldest first."""
-        return _parse(self.lines[-count:]) if count > 0 else []
+        return parse_records(self.lines[-count:]) if count > 0 else []
 
     def hidden_state(self) -> np.ndarray | None:
         if self.hidden is None:
@@ -133,8 +133,9 @@ class Window:
         self.hidden, self.detector, self.model_version = None, [None, None, 0], None
 
 
-def _parse(lines: list[bytes]) -> list[dict[str, Any]]:
-    return orjson.loads(b"[" + b",".join(lines) + b"]")  # one call: cheaper than one per record
+def parse_records(lines: list[bytes]) -> list[dict[str, Any]]:
+    """Serialized event records (`Window.lines`) as dicts, in one call: cheaper than one per record."""
+    return orjson.loads(b"[" + b",".join(lines) + b"]")
 
 
 def session_key(event: ShopperEvent) -> str:
