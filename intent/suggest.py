@@ -285,16 +285,15 @@ class Suggester:
         window_products = list(dict.fromkeys(r["p"] for r in window if "p" in r))
         little_signal = len(window) < self.rules.crowd_blend_below_events
 
+        def for_this_shopper(product: Product) -> bool:
+            return product.product_id not in bought and (ceiling is None or product.price <= ceiling)
+
         def eligible(product: Product) -> bool:
-            return (
-                product.product_id not in bought
-                and (ceiling is None or product.price <= ceiling)
-                and self._allowed(product)
-            )
+            return for_this_shopper(product) and self._allowed(product)
 
         scores: dict[str, float] = {}
-        for product, weight in self._candidates[intent_id]:
-            if product.product_id in bought or (ceiling is not None and product.price > ceiling):
+        for product, weight in self._candidates[intent_id]:  # already allowed by the rules
+            if not for_this_shopper(product):
                 continue
             boost = RECENT_CATEGORY_BOOST if product.category in recent_categories else 1.0
             scores[product.product_id] = weight * boost
@@ -348,7 +347,7 @@ class Suggester:
     ) -> list[dict[str, str]]:
         """Why `product` is suggested, in the order its score was built."""
         reasons = [_reason("pinned", f"pinned for {intent.label.lower()}")] if pinned else []
-        if product.category in intent.categories and self._allowed(product):
+        if product.category in intent.categories:  # every suggested product is eligible
             reasons.append(_reason("intent_category", f"in {product.category}, typical of {intent.label.lower()}"))
             if product.category in recent_categories:
                 reasons.append(_reason("recently_viewed_category", f"matches your recent views of {product.category}"))
