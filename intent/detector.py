@@ -1,5 +1,15 @@
 """Intent distributions -> intent shifts, with hysteresis.
 
+Two kinds of model feed it (`DetectorConfig.mode`):
+- "distribution": a distribution over intents (the demo's model: what is the shopper after now);
+- "lift": independent next-basket probabilities per intent (a model learnt from purchase logs:
+  will the next basket hold it). A basket holds several intents at once, so "the most likely
+  intent" is mostly the shopper's weekly staples. What is news is an intent whose probability
+  rises well above the shopper's own usual level: the detector keeps, per window, a slow
+  exponential average of the model's probabilities (`baseline_rate` per event) and scores each
+  intent by its lift, probability / average; an intent becomes a candidate when its lift reaches
+  `lift_threshold` and its probability `enter_threshold`, and is confirmed as below.
+
 The detector holds a committed intent per window. It moves to a new intent when that intent is
 the most likely actionable one with probability >= `enter_threshold` for `confirm_events`
 consecutive events, or at once when its probability reaches `instant_threshold` (strong evidence
@@ -31,17 +41,41 @@ class DetectorConfig:
     enter_threshold: float = 0.7
     confirm_events: int = 2
     instant_threshold: float = 0.9
+    mode: str = "distribution"  # or "lift"
+    lift_threshold: float = 3.0
+    baseline_rate: float = 0.01
+    # lift mode: an average below this is read as this, so a first-ever intent's lift stays finite
+    baseline_floor: float = 0.01
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        raw: dict[str, Any] = {
             "enter_threshold": self.enter_threshold,
             "confirm_events": self.confirm_events,
             "instant_threshold": self.instant_threshold,
         }
+        if self.mode != "distribution":
+            raw |= {
+                "mode": self.mode,
+                "lift_threshold": self.lift_threshold,
+                "baseline_rate": self.baseline_rate,
+                "baseline_floor": self.baseline_floor,
+            }
+        return raw
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> DetectorConfig:
-        return cls(float(raw["enter_threshold"]), int(raw["confirm_events"]), float(raw["instant_threshold"]))
+        mode = raw.get("mode", "distribution")
+        if mode not in ("distribution", "lift"):
+            raise ValueError(f"detector mode {mode!r}: expected 'distribution' or 'lift'")
+        return cls(
+            float(raw["enter_threshold"]),
+            int(raw["confirm_events"]),
+            float(raw["instant_threshold"]),
+            mode,
+            float(raw.get("lift_threshold", cls.lift_threshold)),
+            float(raw.get("baseline_rate", cls.baseline_rate)),
+            float(raw.get("baseline_floor", cls.baseline_floor)),
+        )
 
 
 @dataclass(slots=True)
@@ -49,14 +83,18 @@ class DetectorState:
     current: int | None = None  # the committed intent's index
     candidate: int | None = None  # the intent gathering confirmation
     streak: int = 0
+    baseline: list[float] | None = None  # lift mode: the window's average probability per intent
 
-    def to_list(self) -> list[int | None]:
-        return [self.current, self.candidate, self.streak]
+    def to_list(self) -> list[Any]:
+        if self.baseline is None:
+            return [self.current, self.candidate, self.streak]
+        # rounded: it is stored with every window, and four digits move no decision
+        return [self.current, self.candidate, self.streak, [round(value, 4) for value in self.baseline]]
 
     @classmethod
-    def from_list(cls, raw: Sequence[int | None]) -> DetectorState:
-        current, candidate, streak = raw
-        return cls(current, candidate, int(streak or 0))
+    def from_list(cls, raw: Sequence[Any]) -> DetectorState:
+        current, candidate, streak, *rest = raw
+        return cls(current, candidate, int(streak or 0), list(rest[0]) if rest else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +112,12 @@ class ShiftDetector:
 
     def update(self, state: DetectorState, probabilities: Sequence[float]) -> Shift | None:
         """Feed one event's intent distribution; returns the shift it completes, if any."""
-        best, best_probability = self._best_actionable(probabilities)
-        if best == state.current or best_probability < self.config.enter_threshold:
+        if self.config.mode == "lift":
+            best, best_probability, strong = self._best_lift(state, probabilities)
+        else:
+            best, best_probability = self._best_actionable(probabilities)
+            strong = best_probability >= self.config.enter_threshold
+        if best == state.current or not strong:
             state.candidate, state.streak = None, 0
             return None
         state.streak = state.streak + 1 if best == state.candidate else 1
@@ -101,6 +143,22 @@ class ShiftDetector:
             if shift is not None:
                 shifts.append((position, shift))
         return shifts
+
+    def _best_lift(self, state: DetectorState, probabilities: Sequence[float]) -> tuple[int, float, bool]:
+        """The actionable intent of highest lift over the window's own average, and whether it is
+        strong enough to be a candidate; then the average takes this event in."""
+        values = np.asarray(probabilities, dtype=np.float64)
+        config = self.config
+        if state.baseline is None:
+            state.baseline = values.tolist()  # a new window: nothing is news until it has a history
+            return self.browsing, 0.0, False
+        baseline = np.asarray(state.baseline, dtype=np.float64)
+        lift = values / np.maximum(baseline, config.baseline_floor)
+        lift[self.browsing] = -1.0
+        lift[values < config.enter_threshold] = -1.0
+        best = int(lift.argmax())
+        state.baseline = ((1 - config.baseline_rate) * baseline + config.baseline_rate * values).tolist()
+        return best, float(values[best]), bool(lift[best] >= config.lift_threshold)
 
     def _best_actionable(self, probabilities: Sequence[float]) -> tuple[int, float]:
         values = np.asarray(probabilities, dtype=np.float64)

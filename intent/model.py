@@ -29,6 +29,7 @@ from intent.features import (
 SEQUENCE_FILE = "model.onnx"
 STEP_FILE = "step.onnx"
 METADATA_FILE = "metadata.json"
+CURRENT_INTENT, NEXT_BASKET = "current_intent", "next_basket"
 
 
 class ModelError(RuntimeError):
@@ -57,6 +58,11 @@ class IntentModel:
         self.featurizer = Featurizer(Vocabulary.from_json(metadata["vocabulary"]))
         self.detector_config = DetectorConfig.from_json(metadata["detector"])
         self.hidden_size: int = int(metadata["architecture"]["hidden_size"])
+        # "current_intent": a distribution over intents after each event (the simulated demo);
+        # "next_basket": for each intent, and each category of `categories`, the probability that
+        # the shopper's next basket holds it (learnt from a retailer's own purchase log).
+        self.target: str = metadata.get("target", CURRENT_INTENT)
+        self.categories: tuple[str, ...] = tuple(metadata.get("category_head", ()))
         options = ort.SessionOptions()
         # One intra-op thread by default: the worker's event loop needs the other core, and the
         # micro-batches are small enough that more threads cost more in hand-offs than they save.
@@ -97,13 +103,24 @@ class IntentModel:
 
     def sequence_probabilities(self, features: np.ndarray) -> np.ndarray:
         """features (batch, time, columns) int64 -> probabilities (batch, time, intents)."""
-        (probabilities,) = self._sequence.run(None, {"features": features})
-        return probabilities
+        return self._sequence.run(None, {"features": features})[0]
+
+    def sequence_outputs(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Intent probabilities and, for a next-basket model, category probabilities (batch, time, categories)."""
+        outputs = self._sequence.run(None, {"features": features})
+        return outputs[0], outputs[1] if len(outputs) > 1 else None
 
     def step(self, features: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """features (batch, columns) int64, hidden (batch, hidden_size) float32 -> both updated."""
-        probabilities, new_hidden = self._step.run(None, {"features": features, "hidden": hidden})
+        probabilities, new_hidden, _ = self.step_outputs(features, hidden)
         return probabilities, new_hidden
+
+    def step_outputs(
+        self, features: np.ndarray, hidden: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """As `step`, plus a next-basket model's category probabilities (batch, categories)."""
+        outputs = self._step.run(None, {"features": features, "hidden": hidden})
+        return outputs[0], outputs[1], outputs[2] if len(outputs) > 2 else None
 
     def initial_hidden(self, batch: int = 1) -> np.ndarray:
         return np.zeros((batch, self.hidden_size), dtype=np.float32)

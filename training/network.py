@@ -58,6 +58,54 @@ class IntentGRU(nn.Module):
         return self.head(outputs), last
 
 
+class NextBasketGRU(IntentGRU):
+    """The same encoder with two multi-label heads: which intents, and which categories, the
+    shopper's next basket holds (independent probabilities: a basket holds several at once)."""
+
+    def __init__(
+        self, cardinalities: tuple[int, ...], intents: int, categories: int, hidden_size: int = 128
+    ) -> None:
+        super().__init__(cardinalities, intents, hidden_size)
+        self.category_head = nn.Linear(hidden_size, categories)
+
+    def heads(
+        self, features: torch.Tensor, hidden: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """features (batch, time, columns) -> intent logits, category logits, last hidden."""
+        embedded = torch.cat(
+            [embedding(features[..., column]) for column, embedding in enumerate(self.embeddings)],
+            dim=-1,
+        )
+        outputs, last = self.gru(embedded, hidden)
+        return self.head(outputs), self.category_head(outputs), last
+
+
+class NextBasketSequence(nn.Module):
+    """Exported full model of a next-basket GRU: per event, intent and category probabilities."""
+
+    def __init__(self, model: NextBasketGRU) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        intents, categories, _ = self.model.heads(features)
+        return torch.sigmoid(intents), torch.sigmoid(categories)
+
+
+class NextBasketStep(nn.Module):
+    """Exported step model of a next-basket GRU: one event and the state in, both heads and state out."""
+
+    def __init__(self, model: NextBasketGRU) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, features: torch.Tensor, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        intents, categories, last = self.model.heads(features.unsqueeze(1), hidden.unsqueeze(0))
+        return torch.sigmoid(intents[:, 0]), last[0], torch.sigmoid(categories[:, 0])
+
+
 class SequenceProbabilities(nn.Module):
     """The exported full model: a whole sequence in, a distribution after every event out."""
 

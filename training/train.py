@@ -167,3 +167,108 @@ def train(
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+# Event slots (sequences x padded length) per next-basket batch: households' sequences run to
+# thousands of events, so batches are sized by what they hold, not by how many sequences.
+NEXT_BASKET_BATCH_EVENTS = 16_384
+
+
+def _length_batches(lengths: Sequence[int], budget: int, most: int = 64) -> list[list[int]]:
+    """Sequences of similar length grouped so that each group's padded size stays within `budget`."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and ((len(current) + 1) * lengths[i] > budget or len(current) == most):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _pad(arrays: Sequence[np.ndarray], fill: int) -> np.ndarray:
+    longest = max(len(a) for a in arrays)
+    out = np.full((len(arrays), longest, *arrays[0].shape[1:]), fill, dtype=arrays[0].dtype)
+    for row, array in enumerate(arrays):
+        out[row, : len(array)] = array
+    return out
+
+
+def next_basket_outputs(
+    model: nn.Module, features: Sequence[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Torch per-event intent and category probabilities for each sequence (the exported model's reference)."""
+    model.eval()
+    intents: list[np.ndarray] = [np.empty(0)] * len(features)
+    categories: list[np.ndarray] = [np.empty(0)] * len(features)
+    with torch.no_grad():
+        for chosen in _length_batches([len(f) for f in features], 4 * NEXT_BASKET_BATCH_EVENTS):
+            intent_logits, category_logits, _ = model.heads(torch.from_numpy(_pad([features[i] for i in chosen], 0)))
+            intent_p, category_p = torch.sigmoid(intent_logits).numpy(), torch.sigmoid(category_logits).numpy()
+            for row, i in enumerate(chosen):
+                intents[i] = intent_p[row, : len(features[i])]
+                categories[i] = category_p[row, : len(features[i])]
+    return intents, categories
+
+
+def train_next_basket(
+    model: nn.Module,
+    features: Sequence[np.ndarray],
+    next_basket: Sequence[np.ndarray],
+    intent_targets: np.ndarray,
+    category_targets: np.ndarray,
+    validation_score: Callable[[nn.Module], float],
+    config: TrainConfig,
+    progress: bool = True,
+) -> TrainResult:
+    """Fit a NextBasketGRU: binary cross-entropy on the intents and the categories of each event's
+    next basket (`next_basket[i][t]`, a row of the target arrays, or NO_TARGET: no loss there).
+    Keeps the epoch with the best `validation_score` (higher is better)."""
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    shuffle = random.Random(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    batches = _length_batches([len(f) for f in features], NEXT_BASKET_BATCH_EVENTS)
+    intent_table = torch.from_numpy(intent_targets.astype(np.float32))
+    category_table = torch.from_numpy(category_targets.astype(np.float32))
+    result = TrainResult(model, 0.0)
+    best_state = None
+    started = time.perf_counter()
+    bar = tqdm(total=config.epochs * len(batches), disable=not progress, desc="train", unit="batch")
+    for epoch in range(config.epochs):
+        model.train()
+        shuffle.shuffle(batches)
+        for chosen in batches:
+            x = hide_some_categories(torch.from_numpy(_pad([features[i] for i in chosen], 0)), config.unknown_category_rate)
+            target_rows = torch.from_numpy(_pad([next_basket[i] for i in chosen], -1))
+            has_target = target_rows >= 0
+            if not bool(has_target.any()):
+                continue
+            intent_logits, category_logits, _ = model.heads(x)
+            rows = target_rows[has_target]
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                intent_logits[has_target], intent_table[rows]
+            ) + nn.functional.binary_cross_entropy_with_logits(category_logits[has_target], category_table[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+        scheduler.step()
+        score = validation_score(model)
+        result.validation_accuracy.append(score)
+        tqdm.write(f"epoch {epoch + 1}/{config.epochs}: validation {score:.4f} ({time.perf_counter() - started:.0f} s)")
+        if score >= max(result.validation_accuracy):
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            result.best_epoch = epoch + 1
+    bar.close()
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    return result
