@@ -37,11 +37,11 @@ from intent.datasets import diginetica_events, instacart_events, rees46_events
 from intent.events import ShopperEvent, event_from_dict
 from intent.model import IntentModel
 from intent.settings import get_settings
+from intent.simulate import Simulator
 from intent.stores import DictStore
 from intent.taxonomy import load_taxonomy
 from intent.tracking import IntentTracker
 from intent.window import WindowPolicy, session_key
-from training.simulate import Simulator
 
 TOO_SHORT = 3  # events: a session with fewer is too short to judge
 BATCH = 500  # the worker's default micro-batch (INTENT_BATCH_MAX_EVENTS)

@@ -38,8 +38,8 @@ from intent.events import parse_event
 from intent.kafka import ensure_topics, producer
 from intent.model import IntentModel
 from intent.settings import Settings
+from intent.simulate import Simulator, coffee_tea_cold_story
 from intent.transport import IntentApp
-from training.simulate import Simulator, coffee_tea_cold_story
 
 PARTITIONS = 4
 

@@ -29,6 +29,7 @@ from intent.cli import broker_for
 from intent.kafka import ensure_topics, wait_for_lag_zero
 from intent.replay import replay
 from intent.settings import Settings
+from intent.simulate import Simulator, coffee_tea_cold_story
 from intent.webhooks.signing import SignatureError, verify
 
 MALFORMED = [
@@ -40,8 +41,6 @@ MALFORMED = [
 
 
 def demo_events(shoppers: int) -> list[bytes]:
-    from training.simulate import Simulator, coffee_tea_cold_story
-
     simulator = Simulator(seed=2026)
     people = [coffee_tea_cold_story(simulator.world), *simulator.shoppers(shoppers)]
     events = sorted((event for person in people for event in person.events), key=lambda e: e["timestamp"])

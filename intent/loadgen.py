@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from intent.simulate import Simulator, coffee_tea_cold_story
+
 
 @dataclass
 class LoadReport:
@@ -30,8 +32,6 @@ class LoadReport:
 
 def simulated_messages(shoppers: int, seed: int) -> Iterator[dict[str, Any]]:
     """The simulator's shoppers, interleaved in time order, as Segment track messages."""
-    from training.simulate import Simulator, coffee_tea_cold_story
-
     simulator = Simulator(seed=seed)
     people = [coffee_tea_cold_story(simulator.world), *simulator.shoppers(shoppers)]
     yield from sorted((event for person in people for event in person.events), key=lambda e: e["timestamp"])

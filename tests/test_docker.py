@@ -43,6 +43,7 @@ def test_the_runtime_image_is_multi_stage_slim_non_root_and_without_torch() -> N
     assert not any("torch" in line for line in re.findall(r"pip install[^\n]*", dockerfile))
     assert installed_extras(dockerfile) == [set()], "the runtime installs the package without extras"
     assert "COPY models" in runtime
+    assert "COPY training" not in dockerfile, "the runtime wheel holds no training code"
 
 
 def test_the_runtime_image_really_builds_the_aiokafka_c_extension() -> None:
@@ -54,6 +55,8 @@ def test_the_runtime_image_really_builds_the_aiokafka_c_extension() -> None:
 def test_the_training_image_installs_the_train_extra_that_pyproject_declares() -> None:
     dockerfile = (DOCKER / "training.Dockerfile").read_text()
     assert installed_extras(dockerfile) == [{"train"}]
+    # The wheel ships `intent` only: `python -m training` finds the copied folder in the working directory.
+    assert "COPY training ./training" in dockerfile and "WORKDIR /app" in dockerfile
     assert "train" in PYPROJECT["project"]["optional-dependencies"]
     assert any(dep.startswith("torch==") for dep in PYPROJECT["project"]["optional-dependencies"]["train"])
 

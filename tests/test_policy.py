@@ -11,11 +11,11 @@ from intent.model import IntentModel
 from intent.observability import DELIVERIES_SUPPRESSED
 from intent.policy import MAX_PAYLOAD_BYTES, DeliveryPolicy, webhook_payload
 from intent.settings import REPO_DIR, Settings
+from intent.simulate import Simulator, coffee_tea_cold_story, parse_shopper
 from intent.stores import DictStore
 from intent.suggest import CrowdCounts, MerchandisingRules, Suggester
 from intent.tracking import IntentTracker
 from intent.window import WindowPolicy
-from training.simulate import Simulator, coffee_tea_cold_story, parse_shopper
 
 POLICY = DeliveryPolicy(holdout_share=0.1, holdout_salt="s", cap_count=2, cap_seconds=3600)
 

@@ -7,15 +7,9 @@ import pytest
 
 from intent.events import event_from_dict
 from intent.features import Featurizer
+from intent.simulate import SESSION_GAP_SECONDS, Regime, Simulator, coffee_tea_cold_story
 from intent.taxonomy import Taxonomy
-from training.simulate import (
-    SESSION_GAP_SECONDS,
-    Regime,
-    Simulator,
-    bayes_filter,
-    coffee_tea_cold_story,
-    observations,
-)
+from training.simulate import bayes_filter, observations
 
 
 def test_the_same_seed_gives_the_same_shoppers() -> None:

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from intent.features import FEATURE_COLUMNS, FIRST_KNOWN_ID, OUT_OF_VOCABULARY, Featurizer, padded_batches
+from intent.simulate import Simulator
 from training.data import encode, from_simulation
-from training.simulate import Simulator, bayes_filter, observations
+from training.simulate import bayes_filter, observations
 from training.teacher import BayesTeacher
 from training.train import IGNORE, event_targets, hide_some_categories
 

@@ -12,10 +12,10 @@ import pytest
 from intent.events import ShopperEvent, event_from_dict, iso_time
 from intent.model import IntentModel
 from intent.settings import REPO_DIR
+from intent.simulate import Simulator, coffee_tea_cold_story, parse_shopper
 from intent.stores import DictStore
 from intent.tracking import IntentTracker
 from intent.window import Window, WindowPolicy, session_key
-from training.simulate import Simulator, coffee_tea_cold_story, parse_shopper
 
 SHIPPED = REPO_DIR / "models" / "intent-gru"
 

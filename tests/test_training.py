@@ -11,10 +11,11 @@ import pytest
 
 from intent.features import FEATURE_COLUMNS, FEATURE_SPEC_VERSION, Featurizer
 from intent.model import METADATA_FILE, STEP_FILE, IntentModel, ModelError
+from intent.simulate import Simulator
 from intent.taxonomy import Taxonomy, load_taxonomy
 from training.__main__ import main as training_main
 from training.data import encode, from_records, from_simulation, read_labelled_file
-from training.simulate import Simulator, iter_jsonl_records
+from training.simulate import iter_jsonl_records
 from training.train import TrainConfig
 
 pytest.importorskip("torch")

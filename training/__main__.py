@@ -22,13 +22,14 @@ import orjson
 
 from intent.features import Featurizer, build_vocabulary
 from intent.model import METADATA_FILE, IntentModel
+from intent.simulate import Regime, Simulator, World
 from intent.taxonomy import Product, Taxonomy, load_catalogue, load_taxonomy
 from training import data as training_data
 from training.data import LabelledSequence
 from training.evaluate import evaluate_model, simulated_test_set, tune_detector
 from training.export import export_model
 from training.report import TABLE_COLUMNS, comparison_rows, target_lines, write_model_card, write_plots
-from training.simulate import Regime, Simulator, World, iter_jsonl_records
+from training.simulate import iter_jsonl_records
 from training.teacher import BayesTeacher
 from training.train import TrainConfig, predict, train
 

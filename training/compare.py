@@ -24,12 +24,12 @@ from torch import nn
 
 from intent.detector import ShiftDetector
 from intent.features import Featurizer
+from intent.simulate import World
 from intent.taxonomy import Taxonomy
 from training.data import LabelledSequence, encode
 from training.evaluate import bayes_distributions, score, tune_detector
 from training.export import onnx_export
 from training.network import IntentGRU, StepProbabilities, parameter_count
-from training.simulate import World
 from training.train import TrainConfig, accuracy, predict, train
 from training.transformer import IntentTransformer, LastEventProbabilities
 

@@ -21,8 +21,8 @@ import orjson
 
 from intent.events import InvalidEvent, ShopperEvent, event_from_dict
 from intent.features import Featurizer
+from intent.simulate import SimulatedShopper
 from intent.taxonomy import Taxonomy
-from training.simulate import SimulatedShopper
 
 PARQUET_COLUMNS: dict[str, str] = {
     # column -> where it goes in the event JSON

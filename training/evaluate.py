@@ -17,16 +17,10 @@ import numpy as np
 from intent.detector import DetectorConfig, ShiftDetector
 from intent.features import Featurizer
 from intent.model import IntentModel
+from intent.simulate import Regime, Simulator, World, coffee_tea_cold_story
 from intent.taxonomy import Taxonomy
 from training.data import LabelledSequence, encode, from_simulation
-from training.simulate import (
-    Regime,
-    Simulator,
-    World,
-    bayes_filter,
-    coffee_tea_cold_story,
-    observations,
-)
+from training.simulate import bayes_filter, observations
 
 SHIFT_MARGIN = 3
 WINDOW_EVENTS = 5  # the windowed category-count baseline looks at this many categorised events

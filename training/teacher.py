@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from intent.features import FEATURE_COLUMNS, FIRST_KNOWN_ID, GAP_EDGES, Vocabulary
-from training.simulate import SESSION_GAP_SECONDS, World
+from intent.simulate import SESSION_GAP_SECONDS, World
 
 CATEGORY_COLUMN = FEATURE_COLUMNS.index("category")
 GAP_COLUMN = FEATURE_COLUMNS.index("gap_bucket")

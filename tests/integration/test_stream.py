@@ -15,11 +15,11 @@ from intent.kafka import wait_for_lag_zero
 from intent.model import IntentModel
 from intent.replay import replay
 from intent.settings import get_settings
+from intent.simulate import Simulator, coffee_tea_cold_story
 from intent.stores import DictStore
 from intent.tracking import IntentTracker
 from intent.window import WindowPolicy
 from tests.integration.conftest import Deployment, read_until
-from training.simulate import Simulator, coffee_tea_cold_story
 
 pytestmark = pytest.mark.integration
 
