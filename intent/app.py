@@ -185,6 +185,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
         settings.holdout_salt,
         settings.frequency_cap_count,
         settings.frequency_cap_hours * 3600,
+        settings.frequency_cap_max_shoppers,
     )
 
     def observe_event(event: ShopperEvent, window: Window) -> None:
@@ -225,7 +226,8 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
         return _assigned_partitions(app, changes_topic)
 
     async def dead_letter_delivery(record: dict[str, Any]) -> None:
-        await webhook_dead_letters.send(key=record["subscription_id"].encode(), value=orjson.dumps(record))
+        # returns once the broker has it: only then does the deliverer forget the pending delivery
+        await (await webhook_dead_letters.send(key=record["subscription_id"].encode(), value=orjson.dumps(record)))
         metrics.DEAD_LETTERS.labels(settings.webhook_dead_letter_topic).inc()
 
     async def disable(subscription: Subscription, reason: str) -> None:
@@ -269,7 +271,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
             shopper = change["shopper_id"]
             # the cap counts in event time, so a replay of last week is capped like last week was
             event_time = datetime.fromisoformat(change["event_time"]).timestamp()
-            decision = delivery_policy.decide(change, caps_store.get(shopper), event_time)
+            decision = delivery_policy.decide(change, caps_store, event_time, event.message.partition)
             if not decision.deliver:
                 log.info(
                     "intent change %s not delivered: %s",
@@ -278,8 +280,6 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
                     extra={"ids": {"change_id": change["id"], "shopper_id": shopper}},
                 )
                 continue
-            assert decision.cap_state is not None
-            caps_store.put(shopper, decision.cap_state, event.message.partition)
             matching = subscriptions.registry.matching(change["to_intent"]["id"])
             if matching:
                 try:
@@ -358,6 +358,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
     @app.timer(interval=settings.expiry_check_seconds)
     async def expire_windows() -> None:
         sessions_removed, shoppers_removed = tracker.expire()
+        delivery_policy.expire_caps(caps_store, time.time())
         await worker.flush_changelogs()
         if sessions_removed or shoppers_removed:
             log.info("expired %d idle sessions and %d shopper windows", sessions_removed, shoppers_removed)

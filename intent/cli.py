@@ -112,11 +112,13 @@ def command_webhooks_replay(arguments: argparse.Namespace, settings: Settings) -
                 subscription_id=arguments.subscription,
                 timeout_seconds=settings.webhook_timeout_seconds,
                 allow_private_urls=settings.webhook_allow_private_urls,
+                include_replayed=arguments.include_replayed,
             )
         )
     print(
         f"re-sent dead letters: {report.delivered} delivered, {report.failed} failed again, "
-        f"{report.skipped} skipped (subscription deleted or disabled)"
+        f"{report.skipped} skipped (subscription deleted or disabled), "
+        f"{report.already_replayed} delivered by an earlier replay and not sent again (--include-replayed)"
     )
     sys.exit(1 if report.failed else 0)
 
@@ -230,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", help="send the dead-lettered deliveries again (INTENT_WEBHOOK_DEAD_LETTER_TOPIC)"
     )
     replay_letters.add_argument("--subscription", help="only this subscription's dead letters")
+    replay_letters.add_argument(
+        "--include-replayed",
+        action="store_true",
+        help="also send the dead letters an earlier replay delivered (by default each is delivered once)",
+    )
     replay_letters.set_defaults(handler=command_webhooks_replay)
 
     demo = commands.add_parser("demo", help="broker + worker + simulated shoppers, with a live log")

@@ -68,6 +68,12 @@ DELIVERIES_SUPPRESSED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+FREQUENCY_CAPS_REMOVED = Counter(
+    "intent_frequency_caps_removed_total",
+    "Shoppers' frequency-cap entries removed: expired (the period passed) or evicted (over the bound).",
+    ["reason"],
+    registry=REGISTRY,
+)
 
 COLLECTOR_MESSAGES = Counter(
     "intent_collector_messages_total", "Messages the collector took, by outcome.", ["outcome"], registry=REGISTRY

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     )
     frequency_cap_count: int = Field(3, description="Most intent changes delivered per shopper per cap period.")
     frequency_cap_hours: float = Field(24.0, description="The frequency cap's period.")
+    frequency_cap_max_shoppers: int = Field(
+        1_000_000,
+        description="Most shoppers a worker keeps a frequency cap for; the least recently told are forgotten first.",
+    )
     holdout_share: float = Field(
         0.10, description="Share of shoppers in the holdout: delivered with `holdout: true` and no suggestions."
     )

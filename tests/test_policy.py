@@ -8,8 +8,8 @@ import pytest
 
 from intent.events import iso_time
 from intent.model import IntentModel
-from intent.observability import DELIVERIES_SUPPRESSED
-from intent.policy import MAX_PAYLOAD_BYTES, DeliveryPolicy, webhook_payload
+from intent.observability import DELIVERIES_SUPPRESSED, FREQUENCY_CAPS_REMOVED
+from intent.policy import MAX_PAYLOAD_BYTES, CapEntry, DeliveryPolicy, webhook_payload
 from intent.settings import REPO_DIR, Settings
 from intent.simulate import Simulator, coffee_tea_cold_story, parse_shopper
 from intent.stores import DictStore
@@ -17,12 +17,12 @@ from intent.suggest import CrowdCounts, MerchandisingRules, Suggester
 from intent.tracking import IntentTracker
 from intent.window import WindowPolicy
 
-POLICY = DeliveryPolicy(holdout_share=0.1, holdout_salt="s", cap_count=2, cap_seconds=3600)
+POLICY = DeliveryPolicy(holdout_share=0.1, holdout_salt="s", cap_count=2, cap_seconds=3600, cap_max_shoppers=1000)
 
 
-def change(sensitive: bool, consent: bool | None, shopper: str = "ada") -> dict:
+def change(sensitive: bool, consent: bool | None, shopper: str = "ada", change_id: str = "ic_1") -> dict:
     return {
-        "id": "ic_1",
+        "id": change_id,
         "shopper_id": shopper,
         "to_intent": {"id": "x", "sensitive": sensitive},
         "personalization_allowed": consent,
@@ -36,17 +36,17 @@ def suppressed(reason: str) -> float:
 
 def test_a_sensitive_intent_needs_explicit_consent_and_each_suppression_is_counted() -> None:
     before = {reason: suppressed(reason) for reason in ("sensitive_without_consent", "consent_refused")}
-    assert POLICY.decide(change(True, None), None, 0).reason == "sensitive_without_consent"
-    assert POLICY.decide(change(True, False), None, 0).reason == "consent_refused"
-    assert POLICY.decide(change(True, True), None, 0).deliver
+    assert POLICY.decide(change(True, None), DictStore(), 0, 0).reason == "sensitive_without_consent"
+    assert POLICY.decide(change(True, False), DictStore(), 0, 0).reason == "consent_refused"
+    assert POLICY.decide(change(True, True), DictStore(), 0, 0).deliver
     assert suppressed("sensitive_without_consent") == before["sensitive_without_consent"] + 1
     assert suppressed("consent_refused") == before["consent_refused"] + 1
 
 
 def test_other_intents_are_delivered_unless_consent_is_refused() -> None:
-    assert POLICY.decide(change(False, None), None, 0).deliver
-    assert POLICY.decide(change(False, True), None, 0).deliver
-    assert POLICY.decide(change(False, False), None, 0).reason == "consent_refused"
+    assert POLICY.decide(change(False, None), DictStore(), 0, 0).deliver
+    assert POLICY.decide(change(False, True), DictStore(), 0, 0).deliver
+    assert POLICY.decide(change(False, False), DictStore(), 0, 0).reason == "consent_refused"
 
 
 def test_the_frequency_cap_limits_deliveries_per_shopper_per_period() -> None:
@@ -54,11 +54,7 @@ def test_the_frequency_cap_limits_deliveries_per_shopper_per_period() -> None:
     before = suppressed("frequency_cap")
 
     def deliver(shopper: str, at: float) -> str | None:
-        decision = POLICY.decide(change(False, True, shopper), caps.get(shopper), at)
-        if decision.deliver:
-            assert decision.cap_state is not None
-            caps.put(shopper, decision.cap_state, 0)
-        return decision.reason
+        return POLICY.decide(change(False, True, shopper, f"ic_{shopper}_{at}"), caps, at, 0).reason
 
     outcomes = [deliver("ada", at) for at in (0, 10, 20, 30)]
     assert outcomes == [None, None, "frequency_cap", "frequency_cap"]  # cap_count=2 per hour
@@ -68,12 +64,76 @@ def test_the_frequency_cap_limits_deliveries_per_shopper_per_period() -> None:
     assert suppressed("frequency_cap") == before + 3
 
 
+def test_a_change_emitted_again_is_counted_once_by_the_frequency_cap() -> None:
+    caps = DictStore()
+    first = change(False, True, change_id="ic_first")
+    assert POLICY.decide(first, caps, 0, 0).deliver
+    # a redone batch emits the same change (same id) again: delivered again (receivers de-duplicate
+    # on its webhook-id), but it leaves room for one more change in the period
+    assert POLICY.decide(first, caps, 5, 0).deliver
+    assert POLICY.decide(change(False, True, change_id="ic_second"), caps, 10, 0).deliver
+    assert POLICY.decide(first, caps, 15, 0).deliver  # counted, even when the cap is reached
+    assert POLICY.decide(change(False, True, change_id="ic_third"), caps, 20, 0).reason == "frequency_cap"
+
+
+class TombstoneStore(DictStore):
+    """The test store, remembering the changelog partition of each removal (where the tombstone goes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tombstones: list[tuple[str, int]] = []
+
+    def delete(self, key: str, partition: int) -> None:
+        super().delete(key, partition)
+        self.tombstones.append((key, partition))
+
+
+def removed(reason: str) -> float:
+    return FREQUENCY_CAPS_REMOVED.labels(reason)._value.get()
+
+
+def test_cap_entries_expire_once_their_period_has_passed_in_their_partitions_event_time() -> None:
+    caps = TombstoneStore()
+    POLICY.decide(change(False, True, "ada", "ic_a"), caps, 1_000, partition=0)
+    POLICY.decide(change(False, True, "grace", "ic_g"), caps, 4_000, partition=1)
+    POLICY.decide(change(False, True, "alan", "ic_l"), caps, 4_700, partition=0)
+    before = removed("expired")
+    # partition 0's clock is at 4,700: ada's delivery (1,000) is more than an hour old
+    assert POLICY.expire_caps(caps, now=10**10) == (1, 0)
+    assert caps.tombstones == [("ada", 0)] and set(caps.data) == {"grace", "alan"}
+    assert removed("expired") == before + 1
+    # a replay of old events keeps its caps until wall-clock time says the period has passed too
+    replaying = TombstoneStore()
+    POLICY.decide(change(False, True, "ada", "ic_a"), replaying, 1_000, partition=0)
+    POLICY.decide(change(False, True, "alan", "ic_l"), replaying, 4_700, partition=0)
+    assert POLICY.expire_caps(replaying, now=4_000) == (0, 0) and set(replaying.data) == {"ada", "alan"}
+
+
+def test_a_change_dated_in_the_future_does_not_expire_the_other_shoppers_caps() -> None:
+    caps = TombstoneStore()
+    POLICY.decide(change(False, True, "ada", "ic_a"), caps, 1_000, partition=0)
+    POLICY.decide(change(False, True, "mallory", "ic_m"), caps, 10**10, partition=0)  # year 2286
+    assert POLICY.expire_caps(caps, now=2_000) == (0, 0) and set(caps.data) == {"ada", "mallory"}
+
+
+def test_past_the_bound_the_least_recently_told_shoppers_are_forgotten_first() -> None:
+    bounded = DeliveryPolicy(0.1, "s", cap_count=2, cap_seconds=3600, cap_max_shoppers=3)
+    caps = TombstoneStore()
+    for number, shopper in enumerate(["s0", "s1", "s2", "s3", "s4"]):
+        bounded.decide(change(False, True, shopper, f"ic_{shopper}"), caps, 100 + number, partition=number % 2)
+    before = removed("evicted")
+    assert bounded.expire_caps(caps, now=200) == (0, 2)
+    assert sorted(caps.tombstones) == [("s0", 0), ("s1", 1)] and set(caps.data) == {"s2", "s3", "s4"}
+    assert removed("evicted") == before + 2
+    assert CapEntry.from_bytes(caps.data["s4"]).sent == [("ic_s4", 104)]
+
+
 def test_the_holdout_is_deterministic_per_shopper_and_close_to_its_share() -> None:
     shoppers = [f"shopper-{n}" for n in range(20_000)]
     first = [POLICY.in_holdout(s) for s in shoppers]
     assert first == [POLICY.in_holdout(s) for s in shoppers]
     assert sum(first) / len(first) == pytest.approx(0.1, abs=0.01)
-    other_salt = DeliveryPolicy(0.1, "t", 2, 3600)
+    other_salt = DeliveryPolicy(0.1, "t", 2, 3600, 1000)
     assert first != [other_salt.in_holdout(s) for s in shoppers]
 
 

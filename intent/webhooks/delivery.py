@@ -10,7 +10,9 @@ delivery has one sender.
 Outcomes: 2xx ends a delivery; 410 Gone disables the subscription; 429, 502 and 504 back off
 (honouring `Retry-After` when it asks for more than the schedule); anything else, a timeout or a
 connection error retries on the schedule. After the last attempt the delivery is dead-lettered
-with the payload, the endpoint and every attempt.
+with the payload, the endpoint and every attempt; the pending delivery is deleted only once the
+dead letter is acknowledged, so a failed dead-letter send is tried again, never lost. Logs and dead
+letters show the endpoint without its query string (`redacted_url`): it may carry a token.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from intent.events import iso_time
 from intent.stores import DictStore, KeyValueStore
 from intent.webhooks.signing import webhook_headers
 from intent.webhooks.subscriptions import Subscription, SubscriptionRegistry
-from intent.webhooks.targets import PublicOnlyResolver, TargetRejected, check_target
+from intent.webhooks.targets import PublicOnlyResolver, TargetRejected, check_target, redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ class Deliverer:
         disable: Callable[[Subscription, str], Awaitable[None]],
         owned_partitions: Callable[[], Container[int]] | None = None,
         clock: Callable[[], float] = time.time,
+        dead_letter_retry_seconds: float = 10.0,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -130,6 +133,7 @@ class Deliverer:
         self._disable = disable
         self._owned_partitions = owned_partitions  # None: this process sends every pending delivery
         self.clock = clock
+        self.dead_letter_retry_seconds = dead_letter_retry_seconds
         self._endpoints: dict[str, asyncio.Semaphore] = {}
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -207,6 +211,9 @@ class Deliverer:
         if raw is None:
             return
         delivery = Delivery.from_bytes(raw)
+        if len(delivery.attempts) >= len(self.schedule):
+            await self._give_up(delivery)  # every attempt made; its dead letter could not be sent
+            return
         semaphore = self._endpoints.setdefault(
             urlsplit(delivery.url).netloc, asyncio.Semaphore(self.endpoint_concurrency)
         )
@@ -229,15 +236,31 @@ class Deliverer:
             self.store.delete(key, delivery.partition)
             await self._disable_gone(subscription.id)
         elif len(delivery.attempts) >= len(self.schedule):
-            self.store.delete(key, delivery.partition)
-            await self._dead_letter(self._dead_letter_record(delivery))
-            metrics.WEBHOOK_ATTEMPTS.labels("dead_lettered").inc()
+            await self._give_up(delivery)
         else:
             delay = self.schedule[len(delivery.attempts)]
             if attempt.retry_after is not None:
                 delay = max(delay, attempt.retry_after)
             delivery.next_attempt_at = self.clock() + delay
             self.store.put(key, delivery.to_bytes(), delivery.partition)
+
+    async def _give_up(self, delivery: Delivery) -> None:
+        """Dead-letter the delivery, then forget it; if the dead letter is not acknowledged, keep the
+        delivery (with every attempt) for a later scan to dead-letter."""
+        try:
+            await self._dead_letter(self._dead_letter_record(delivery))
+        except Exception:  # whatever the broker client raises: the delivery must not be lost
+            log.exception(
+                "webhook %s: the dead letter was not sent; trying again in %s s",
+                delivery.webhook_id,
+                self.dead_letter_retry_seconds,
+                extra={"ids": {"webhook_id": delivery.webhook_id, "subscription_id": delivery.subscription_id}},
+            )
+            delivery.next_attempt_at = self.clock() + self.dead_letter_retry_seconds
+            self.store.put(delivery.webhook_id, delivery.to_bytes(), delivery.partition)
+            return
+        self.store.delete(delivery.webhook_id, delivery.partition)
+        metrics.WEBHOOK_ATTEMPTS.labels("dead_lettered").inc()
 
     def _owns(self, partition: int) -> bool:
         return self._owned_partitions is None or partition in self._owned_partitions()
@@ -273,7 +296,9 @@ class Deliverer:
         except TimeoutError:
             attempt = Attempt(at, time.perf_counter() - started, error=f"timed out after {self.timeout.total} s")
         except aiohttp.ClientError as error:
-            attempt = Attempt(at, time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
+            # some errors quote the URL (InvalidUrlClientError): never its query string
+            message = str(error).replace(subscription.url, redacted_url(subscription.url))
+            attempt = Attempt(at, time.perf_counter() - started, error=f"{type(error).__name__}: {message}")
         outcome = (
             "success"
             if attempt.status is not None and 200 <= attempt.status < 300
@@ -284,7 +309,7 @@ class Deliverer:
         log.info(
             "webhook %s to %s: %s",
             message_id,
-            subscription.url,
+            redacted_url(subscription.url),
             attempt.status or attempt.error,
             extra={
                 "ids": {"webhook_id": message_id, "subscription_id": subscription.id, "change_id": payload.get("id")}
@@ -296,7 +321,7 @@ class Deliverer:
         return {
             "webhook_id": delivery.webhook_id,
             "subscription_id": delivery.subscription_id,
-            "url": delivery.url,
+            "url": redacted_url(delivery.url),  # the subscription has the whole URL
             "payload": delivery.payload,
             "attempts": [attempt.public() for attempt in delivery.attempts],
             "first_attempt_at": iso_time(delivery.created_at),
@@ -309,6 +334,12 @@ class ReplayReport:
     delivered: int = 0
     failed: int = 0
     skipped: int = 0  # the subscription is gone or disabled
+    already_replayed: int = 0  # delivered by an earlier replay: not sent again
+
+
+def replayed_topic(dead_letter_topic: str) -> str:
+    """The compacted topic where `intent webhooks replay` marks each dead letter it delivered."""
+    return f"{dead_letter_topic}-replayed"
 
 
 async def replay_dead_letters(
@@ -319,15 +350,35 @@ async def replay_dead_letters(
     subscription_id: str | None,
     timeout_seconds: float,
     allow_private_urls: bool,
+    include_replayed: bool = False,
 ) -> ReplayReport:
-    """Send every dead-lettered delivery (of one subscription, if given) once more, with its original
-    webhook-id so receivers that got it meanwhile recognise it. Failures stay in the topic."""
+    """Send the dead-lettered deliveries (of one subscription, if given) once more, with their original
+    webhook-id so receivers that got one meanwhile recognise it.
+
+    Each one delivered is marked, by webhook-id, on a compacted topic (`replayed_topic`), so the next
+    run skips it (`include_replayed` sends those again too); failures stay to be tried next time. A
+    marker rather than the group's committed offsets: an offset cannot pass over a failure or another
+    subscription's letters (`subscription_id`) without forgetting them, and a letter dead-lettered
+    twice (a worker stopped between the dead letter and forgetting its delivery) is sent once.
+    Markers of letters the dead-letter topic's retention has removed are deleted."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from intent.kafka import CompactedTopic
     from intent.webhooks.subscriptions import SubscriptionLog
 
     subscriptions = SubscriptionLog(bootstrap_servers, subscriptions_topic)
     await subscriptions.start()
+    replayed: set[str] = set()
+
+    def remember(webhook_id: str, marker: bytes | None) -> None:
+        if marker is None:
+            replayed.discard(webhook_id)
+        else:
+            replayed.add(webhook_id)
+
+    markers = CompactedTopic(bootstrap_servers, replayed_topic(dead_letter_topic), remember)
+    await markers.start()
+    marked_before = set(replayed)  # each for a letter written before this run began
 
     async def nothing(*_: object) -> None: ...
 
@@ -345,6 +396,7 @@ async def replay_dead_letters(
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     report = ReplayReport()
+    letters: set[str] = set()
     try:
         partitions = [
             TopicPartition(dead_letter_topic, p) for p in consumer.partitions_for_topic(dead_letter_topic) or ()
@@ -360,7 +412,11 @@ async def replay_dead_letters(
             for messages in (await consumer.getmany(timeout_ms=1000)).values():
                 for message in messages:
                     record = orjson.loads(message.value)
+                    letters.add(record["webhook_id"])
                     if subscription_id is not None and record["subscription_id"] != subscription_id:
+                        continue
+                    if record["webhook_id"] in replayed and not include_replayed:
+                        report.already_replayed += 1
                         continue
                     subscription = subscriptions.registry.get(record["subscription_id"])
                     if subscription is None or not subscription.enabled:
@@ -369,10 +425,15 @@ async def replay_dead_letters(
                     attempt = await deliverer.send_once(subscription, record["webhook_id"], record["payload"])
                     if attempt.status is not None and 200 <= attempt.status < 300:
                         report.delivered += 1
+                        marker = {"subscription_id": subscription.id, "replayed_at": iso_time(attempt.at)}
+                        await markers.write(record["webhook_id"], orjson.dumps(marker))
                     else:
                         report.failed += 1
+        for webhook_id in marked_before - letters:  # its letter is gone: it cannot be replayed again
+            await markers.write(webhook_id, None)
     finally:
         await consumer.stop()
         await deliverer.stop()
+        await markers.stop()
         await subscriptions.stop()
     return report

@@ -82,34 +82,44 @@ async def test_the_story_reaches_the_subscriber_signed_with_suggestions_even_acr
     assert len(receiver.received) == 2  # delivered once, not again
 
 
-async def test_undeliverable_changes_are_dead_lettered_and_replayed_by_the_command(
+async def test_undeliverable_changes_are_dead_lettered_and_replayed_by_the_command_once(
     deployment: Deployment, receiver: Receiver
 ) -> None:
     receiver.answers = [503, 503]
     environment = {"INTENT_WEBHOOK_RETRY_SCHEDULE": "0,1"}
     deployment.start_worker(**environment)
+    endpoint = f"{receiver.url}?token=s3cret"  # an endpoint that also wants a token in its URL
     subscription = await subscribe(
-        f"http://127.0.0.1:{deployment.web_ports[0]}", API_TOKEN, receiver.url, 120, ["cold_flu_care"]
+        f"http://127.0.0.1:{deployment.web_ports[0]}", API_TOKEN, endpoint, 120, ["cold_flu_care"]
     )
     await replay(story_lines(), deployment.broker.bootstrap_servers, deployment.events_topic)
     (letter,) = await read_until(
         deployment.broker.bootstrap_servers, deployment.webhook_dead_letter_topic, lambda r: len(r) >= 1, 120
     )
-    assert letter["subscription_id"] == subscription["id"] and letter["url"] == receiver.url
+    assert letter["subscription_id"] == subscription["id"] and letter["url"] == f"{receiver.url}?<redacted>"
     assert [attempt["status"] for attempt in letter["attempts"]] == [503, 503]
     assert letter["payload"]["to_intent"]["id"] == "cold_flu_care"
+    assert all("s3cret" not in log.read_text() for log in deployment.root.glob("worker-*.log"))
 
-    replayed = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "intent", "webhooks", "replay"],
-        env=deployment.environment(),
-        cwd=REPO_DIR,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    def replay_command() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "intent", "webhooks", "replay"],
+            env=deployment.environment(),
+            cwd=REPO_DIR,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    replayed = await asyncio.to_thread(replay_command)
     assert replayed.returncode == 0, replayed.stderr
     assert "1 delivered, 0 failed again" in replayed.stdout
     headers, body = receiver.received[-1]
     assert headers["webhook-id"] == letter["webhook_id"]
     assert orjson.loads(body) == letter["payload"]
+
+    again = await asyncio.to_thread(replay_command)  # remembers what it delivered
+    assert again.returncode == 0, again.stderr
+    assert "0 delivered" in again.stdout and "1 delivered by an earlier replay" in again.stdout
+    assert len(receiver.received) == 3
+    assert "s3cret" not in replayed.stderr + again.stderr

@@ -78,6 +78,8 @@ async def test_bad_input_is_a_400_naming_the_field(client: TestClient) -> None:
         (b'{"url": "https://93.184.215.14/h", "intents": "cold_flu_care"}', "intents"),
         (b'{"url": "https://93.184.215.14/h", "colour": "red"}', "colour"),
         (b'{"url": "https://93.184.215.14/h", "description": 7}', "description"),
+        (b'{"url": "https://exa..mple.com/h"}', "url"),  # an IDNA error: a 400 with the reason, not a 500
+        (b'{"url": "https://100.64.0.1/h"}', "url"),  # not globally routable
     ]
     for body, field in cases:
         response = await client.post("/v1/subscriptions", data=body, headers=AUTH)

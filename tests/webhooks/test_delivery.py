@@ -71,6 +71,7 @@ class Harness:
     store: DictStore
     dead_letters: list[dict[str, Any]]
     disabled: list[tuple[str, str]]
+    dead_letter_failures: int = 0  # the next dead-letter sends that fail, as a broker that is down
 
     def subscribe(self, url: str) -> Subscription:
         subscription = Subscription.create(url, (), None)
@@ -79,6 +80,9 @@ class Harness:
 
     def deliverer(self, schedule: str = "0,0.2,0.2", **options: Any) -> Deliverer:
         async def dead_letter(record: dict[str, Any]) -> None:
+            if self.dead_letter_failures:
+                self.dead_letter_failures -= 1
+                raise ConnectionError("the broker is not answering")
             self.dead_letters.append(record)
 
         async def disable(subscription: Subscription, reason: str) -> None:
@@ -96,6 +100,7 @@ class Harness:
             disable=disable,
             owned_partitions=options.get("owned_partitions"),
             clock=options.get("clock", time.time),
+            dead_letter_retry_seconds=options.get("dead_letter_retry_seconds", 10.0),
         )
 
 
@@ -156,6 +161,40 @@ async def test_a_receiver_down_past_every_attempt_yields_a_dead_letter_with_ever
     assert [attempt["status"] for attempt in record["attempts"]] == [503, 500, 502]
     assert record["payload"] == CHANGE and record["url"] == receiver.url
     assert record["subscription_id"] == subscription.id and harness.store.data == {}
+
+
+async def test_a_failed_dead_letter_send_keeps_the_delivery_until_a_later_send_succeeds(serve, harness) -> None:
+    receiver = await serve(Receiver(answers=[503, 503]))
+    subscription = harness.subscribe(receiver.url)
+    harness.dead_letter_failures = 2
+    deliverer = harness.deliverer("0,0.1", dead_letter_retry_seconds=0.5)
+    await deliverer.start()
+    try:
+        deliverer.enqueue(CHANGE, [subscription], partition=0)
+        await until(lambda: harness.dead_letter_failures == 1)  # the first dead-letter send failed
+        (kept,) = deliverer.pending()  # so the delivery is still there, with both attempts
+        assert [attempt.status for attempt in kept.attempts] == [503, 503]
+        await until(lambda: len(harness.dead_letters) == 1 and not harness.store.data)
+    finally:
+        await deliverer.stop()
+    assert [attempt["status"] for attempt in harness.dead_letters[0]["attempts"]] == [503, 503]
+    assert len(receiver.received) == 2  # the endpoint was not called again: only the dead letter was retried
+
+
+async def test_logs_and_dead_letters_show_the_endpoint_without_its_query_string(serve, harness, caplog) -> None:
+    receiver = await serve(Receiver(answers=[500, 500]))
+    subscription = harness.subscribe(f"{receiver.url}?token=s3cret")  # endpoints that authenticate by URL
+    deliverer = harness.deliverer("0,0.1")
+    await deliverer.start()
+    try:
+        with caplog.at_level("INFO", logger="intent.webhooks.delivery"):
+            deliverer.enqueue(CHANGE, [subscription], partition=0)
+            await until(lambda: len(harness.dead_letters) == 1)
+    finally:
+        await deliverer.stop()
+    assert len(receiver.received) == 2  # the endpoint itself got the whole URL
+    assert harness.dead_letters[0]["url"] == f"{receiver.url}?<redacted>"
+    assert caplog.records and "s3cret" not in caplog.text and "?<redacted>" in caplog.text
 
 
 async def test_an_unreachable_endpoint_records_the_error_of_each_attempt(harness) -> None:
