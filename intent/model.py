@@ -127,9 +127,16 @@ class IntentModel:
 
     def run_sequences(self, features: list[np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
         """Probabilities for each of several sequences of different lengths."""
-        outputs: list[np.ndarray] = [np.empty(0)] * len(features)
+        return [intents for intents, _ in self.run_sequence_outputs(features, batch_size)]
+
+    def run_sequence_outputs(
+        self, features: list[np.ndarray], batch_size: int = 64
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Intent and (next-basket models) category probabilities for each of several sequences."""
+        outputs: list[tuple[np.ndarray, np.ndarray | None]] = [(np.empty(0), None)] * len(features)
         for positions, batch in padded_batches(features, batch_size):
-            probabilities = self.sequence_probabilities(batch)
+            intents, categories = self.sequence_outputs(batch)
             for row, i in enumerate(positions):
-                outputs[i] = probabilities[row, : len(features[i])]
+                length = len(features[i])
+                outputs[i] = (intents[row, :length], None if categories is None else categories[row, :length])
         return outputs

@@ -19,10 +19,18 @@ import torch
 
 from intent.detector import DetectorConfig
 from intent.features import FEATURE_COLUMNS, FEATURE_SPEC_VERSION, Vocabulary
-from intent.model import METADATA_FILE, SEQUENCE_FILE, STEP_FILE, IntentModel, sha256_of
+from intent.model import CURRENT_INTENT, METADATA_FILE, NEXT_BASKET, SEQUENCE_FILE, STEP_FILE, IntentModel, sha256_of
 from intent.taxonomy import Taxonomy
-from training.network import IntentGRU, SequenceProbabilities, StepProbabilities, parameter_count
-from training.train import predict
+from training.network import (
+    IntentGRU,
+    NextBasketGRU,
+    NextBasketSequence,
+    NextBasketStep,
+    SequenceProbabilities,
+    StepProbabilities,
+    parameter_count,
+)
+from training.train import next_basket_outputs, predict
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -44,26 +52,35 @@ def export_model(
     detector: DetectorConfig,
     training_summary: dict[str, Any],
     parity_sequences: Sequence[np.ndarray],
+    category_head: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """Write the ONNX files and metadata; `category_head` names the categories of a NextBasketGRU's
+    second head, in order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     parameters = parameter_count(model)
     if parameters > MAX_PARAMETERS:
         raise ExportError(f"{parameters:,} parameters; the budget is {MAX_PARAMETERS:,}")
     example = torch.from_numpy(parity_sequences[0][None, :4])
+    next_basket = isinstance(model, NextBasketGRU)
+    sequence_outputs = {"probabilities": {0: "batch", 1: "time"}}
+    step_outputs = {"probabilities": {0: "batch"}, "next_hidden": {0: "batch"}}
+    if next_basket:
+        sequence_outputs["category_probabilities"] = {0: "batch", 1: "time"}
+        step_outputs["category_probabilities"] = {0: "batch"}
     onnx_export(
-        SequenceProbabilities(model),
+        NextBasketSequence(model) if next_basket else SequenceProbabilities(model),
         (example,),
         out_dir / SEQUENCE_FILE,
         inputs={"features": {0: "batch", 1: "time"}},
-        outputs={"probabilities": {0: "batch", 1: "time"}},
+        outputs=sequence_outputs,
     )
     onnx_export(
-        StepProbabilities(model),
+        NextBasketStep(model) if next_basket else StepProbabilities(model),
         (example[:, 0], torch.zeros(1, model.hidden_size)),
         out_dir / STEP_FILE,
         inputs={"features": {0: "batch"}, "hidden": {0: "batch"}},
-        outputs={"probabilities": {0: "batch"}, "next_hidden": {0: "batch"}},
+        outputs=step_outputs,
     )
     files = {}
     for file_name in (SEQUENCE_FILE, STEP_FILE):
@@ -79,6 +96,8 @@ def export_model(
         "architecture": {"type": "gru", "hidden_size": model.hidden_size, "parameters": parameters},
         "intents": [{"id": i.id, "label": i.label, "sensitive": i.sensitive} for i in taxonomy.intents],
         "browsing_intent": taxonomy.browsing_intent,
+        "target": NEXT_BASKET if next_basket else CURRENT_INTENT,
+        **({"category_head": list(category_head)} if next_basket else {}),
         "feature_spec_version": FEATURE_SPEC_VERSION,
         "feature_columns": list(FEATURE_COLUMNS),
         "vocabulary": vocabulary.to_json(),
@@ -119,15 +138,23 @@ def onnx_export(
 def check_parity(model: IntentGRU, exported: IntentModel, sequences: Sequence[np.ndarray]) -> dict[str, float]:
     """Max abs differences: onnxruntime full vs torch, and step-by-step vs full. Raises above
     PARITY_TOLERANCE."""
-    expected = predict(model, sequences)
-    full = exported.run_sequences(list(sequences))
+    if isinstance(model, NextBasketGRU):
+        intents, categories = next_basket_outputs(model, sequences)
+        expected = [np.concatenate(pair, axis=1) for pair in zip(intents, categories, strict=True)]
+    else:
+        expected = predict(model, sequences)
+    full = [
+        np.concatenate([o for o in outputs if o is not None], axis=1)
+        for outputs in exported.run_sequence_outputs(list(sequences))
+    ]
     full_difference = max(float(np.abs(a - b).max()) for a, b in zip(expected, full, strict=True))
     step_difference = 0.0
     for sequence, reference in zip(sequences[:16], full, strict=False):
         hidden = exported.initial_hidden()
-        for position, row in enumerate(sequence):
-            probabilities, hidden = exported.step(row[None, :], hidden)
-            step_difference = max(step_difference, float(np.abs(probabilities[0] - reference[position]).max()))
+        for position, row in enumerate(sequence[:400]):
+            probabilities, hidden, categories = exported.step_outputs(row[None, :], hidden)
+            stepped = probabilities[0] if categories is None else np.concatenate([probabilities[0], categories[0]])
+            step_difference = max(step_difference, float(np.abs(stepped - reference[position]).max()))
     if full_difference > PARITY_TOLERANCE:
         raise ExportError(f"onnxruntime differs from torch by {full_difference:.2e} > {PARITY_TOLERANCE}")
     if step_difference > PARITY_TOLERANCE:

@@ -62,9 +62,7 @@ class NextBasketGRU(IntentGRU):
     """The same encoder with two multi-label heads: which intents, and which categories, the
     shopper's next basket holds (independent probabilities: a basket holds several at once)."""
 
-    def __init__(
-        self, cardinalities: tuple[int, ...], intents: int, categories: int, hidden_size: int = 128
-    ) -> None:
+    def __init__(self, cardinalities: tuple[int, ...], intents: int, categories: int, hidden_size: int = 128) -> None:
         super().__init__(cardinalities, intents, hidden_size)
         self.category_head = nn.Linear(hidden_size, categories)
 
@@ -99,9 +97,7 @@ class NextBasketStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(
-        self, features: torch.Tensor, hidden: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         intents, categories, last = self.model.heads(features.unsqueeze(1), hidden.unsqueeze(0))
         return torch.sigmoid(intents[:, 0]), last[0], torch.sigmoid(categories[:, 0])
 

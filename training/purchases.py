@@ -108,9 +108,7 @@ def build_purchase_log(
                 )
             )
             start = cut
-    return PurchaseLog(
-        ordered, tuple(categories), tuple(intents), category_targets, intent_targets, sequences
-    )
+    return PurchaseLog(ordered, tuple(categories), tuple(intents), category_targets, intent_targets, sequences)
 
 
 def _last_event_time(basket: Basket) -> float:

@@ -197,9 +197,7 @@ def _pad(arrays: Sequence[np.ndarray], fill: int) -> np.ndarray:
     return out
 
 
-def next_basket_outputs(
-    model: nn.Module, features: Sequence[np.ndarray]
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def next_basket_outputs(model: nn.Module, features: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Torch per-event intent and category probabilities for each sequence (the exported model's reference)."""
     model.eval()
     intents: list[np.ndarray] = [np.empty(0)] * len(features)
@@ -243,7 +241,9 @@ def train_next_basket(
         model.train()
         shuffle.shuffle(batches)
         for chosen in batches:
-            x = hide_some_categories(torch.from_numpy(_pad([features[i] for i in chosen], 0)), config.unknown_category_rate)
+            x = hide_some_categories(
+                torch.from_numpy(_pad([features[i] for i in chosen], 0)), config.unknown_category_rate
+            )
             target_rows = torch.from_numpy(_pad([next_basket[i] for i in chosen], -1))
             has_target = target_rows >= 0
             if not bool(has_target.any()):
