@@ -18,6 +18,7 @@ import orjson
 import torch
 
 from intent.detector import DetectorConfig
+from intent.domain import model_domain_record
 from intent.features import FEATURE_COLUMNS, FEATURE_SPEC_VERSION, Vocabulary
 from intent.model import METADATA_FILE, SEQUENCE_FILE, STEP_FILE, IntentModel, sha256_of
 from intent.taxonomy import Taxonomy
@@ -39,6 +40,7 @@ def export_model(
     out_dir: Path,
     *,
     name: str,
+    domain_name: str,
     taxonomy: Taxonomy,
     vocabulary: Vocabulary,
     detector: DetectorConfig,
@@ -79,6 +81,7 @@ def export_model(
         "architecture": {"type": "gru", "hidden_size": model.hidden_size, "parameters": parameters},
         "intents": [{"id": i.id, "label": i.label, "sensitive": i.sensitive} for i in taxonomy.intents],
         "browsing_intent": taxonomy.browsing_intent,
+        "domain": model_domain_record(domain_name, taxonomy),
         "feature_spec_version": FEATURE_SPEC_VERSION,
         "feature_columns": list(FEATURE_COLUMNS),
         "vocabulary": vocabulary.to_json(),
