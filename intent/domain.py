@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,8 @@ from intent.window import WindowPolicy
 
 if TYPE_CHECKING:
     from intent.model import IntentModel
+
+log = logging.getLogger(__name__)
 
 DOMAIN_FILE = "domain.json"
 _DOMAIN_KEYS = ("version", "name", "description", "taxonomy", "category_map", "merchandising", "catalogue", "window")
@@ -378,6 +381,12 @@ def check_model_domain(model: IntentModel, domain: Domain) -> None:
         [(i.id, i.sensitive) for i in model.intents], [(i.id, i.sensitive) for i in domain.taxonomy.intents]
     )
     if difference is None:
+        if model.domain and model.domain.taxonomy_sha256 != taxonomy_sha256(domain.taxonomy):
+            log.warning(
+                "the intents of %s are the model's but some labels differ: intent changes carry the model's "
+                "labels, suggestion reasons the domain's",
+                domain.directory,
+            )
         return
     trained_on = f"domain {model.domain.name!r}" if model.domain else "a domain it does not name (an older export)"
     raise DomainError(

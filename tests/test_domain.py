@@ -107,9 +107,10 @@ def test_the_complete_journey_domain_has_about_thirty_intents_and_a_grocery_wind
     assert domain.window_policy == WindowPolicy(
         session_events=50, session_idle_seconds=1800.0, shopper_events=400, shopper_days=35.0
     )
-    # its category map covers every product category of the products it knows of
-    covered = {category for intent in domain.taxonomy.intents for category in intent.categories}
-    assert covered <= set(domain.category_map.exact)
+    # each intent's categories (and weights) are those the category map sends to it
+    for intent in domain.taxonomy.intents:
+        for category in intent.categories:
+            assert domain.category_map.intent_of(category) == intent.id, category
 
 
 def complete_journey_table(name: str, columns: list[str]) -> Any:
@@ -130,8 +131,9 @@ def test_the_complete_journey_map_sends_every_product_category_somewhere_and_few
     category_map = load_domain(CJ_DOMAIN_DIR).category_map
     assert category_map.coverage(dict.fromkeys(categories, 1)).unmapped == {}
 
-    line_items = complete_journey_table("transactions", ["product_id"]).column(0).to_pylist()
-    items = Counter(category_of.get(product) for product in line_items)
+    items: Counter[str | None] = Counter()
+    for row in complete_journey_table("transactions", ["product_id"]).column(0).value_counts().to_pylist():
+        items[category_of.get(row["values"])] += row["counts"]
     uncategorised = items.pop(None, 0)
     coverage = category_map.coverage(items)
     to_no_intent = (sum(coverage.explicitly_none.values()) + uncategorised) / (coverage.total + uncategorised)
@@ -408,6 +410,18 @@ def test_a_model_exposes_the_domain_its_metadata_records(tmp_path: Path) -> None
     model = IntentModel.load(model_dir)
     assert model.domain is not None and model.domain.name == "demo"
     assert model.domain.taxonomy_sha256 == record["taxonomy_sha256"]
+
+
+def test_a_domain_whose_labels_alone_differ_serves_the_model_with_a_warning(
+    demo_copy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = Path(shutil.copytree(SHIPPED_MODEL, tmp_path / "model"))
+    edit_json(
+        model_dir / METADATA_FILE, lambda raw: raw.update({"domain": model_domain_record("demo", load_taxonomy())})
+    )
+    edit_json(demo_copy / "intents.json", lambda raw: raw["intents"][1].update({"label": "Coffee"}))
+    check_model_domain(IntentModel.load(model_dir), load_domain(demo_copy))
+    assert "some labels differ" in caplog.text
 
 
 def test_a_domain_that_flags_another_intent_sensitive_is_refused(demo_copy: Path) -> None:
