@@ -15,7 +15,7 @@ the baseline. Per dataset it prints:
   categories move the model's state but are no evidence to the detector (see intent/tracking.py);
 - the detected intents: how often each intent was the target of a change, and "trigger fits":
   the share of changes whose triggering event's category is one of the new intent's categories in
-  intent/data/intents.json (a plausibility check where our taxonomy applies, not an accuracy).
+  intent/domains/demo/intents.json (a plausibility check where our taxonomy applies, not an accuracy).
 Ends with one JSON line of these figures. A dataset whose folder is absent is skipped with a note.
 """
 

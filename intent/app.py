@@ -25,18 +25,24 @@ from faust.serializers import codecs
 from faust.types import TP, ConsumerT, EventT
 
 from intent import observability as metrics
+from intent.domain import (
+    Domain,
+    check_servable,
+    effective_merchandising_rules,
+    effective_window_policy,
+    load_domain,
+)
 from intent.events import InvalidEvent, ShopperEvent, iso_time, parse_event
 from intent.model import IntentModel
 from intent.policy import DeliveryPolicy, webhook_payload
 from intent.settings import Settings
 from intent.suggest import CROWD_SPAN, CrowdCounts, MerchandisingRules, Suggester
-from intent.taxonomy import load_catalogue, load_taxonomy
 from intent.tracking import IntentTracker
 from intent.transport import IntentApp
 from intent.webhooks.api import SubscriptionsApi
 from intent.webhooks.delivery import Deliverer, PayloadTooLarge, parse_schedule
 from intent.webhooks.subscriptions import Subscription, SubscriptionLog
-from intent.window import Window, WindowPolicy
+from intent.window import Window
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +158,19 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_worker(settings: Settings, model: IntentModel | None = None) -> IntentWorker:
+def create_worker(settings: Settings, model: IntentModel | None = None, domain: Domain | None = None) -> IntentWorker:
+    """The worker for `settings`; raises ModelError or DomainError (with what to do) when the model
+    cannot be loaded or was trained on another domain's intents."""
     model = model or IntentModel.load(settings.model_dir, settings.inference_threads)
+    domain = domain or load_domain(settings.domain_dir)
+    coverage = check_servable(model, domain)
+    log.log(
+        logging.WARNING if coverage.unmapped else logging.INFO,
+        "domain %s (%s), the category map on the catalogue: %s",
+        domain.name,
+        domain.directory,
+        coverage.summary("products"),
+    )
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = IntentApp(settings.app_id, fetch_max_wait_seconds=settings.fetch_max_wait_seconds, **faust_settings(settings))
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
@@ -165,18 +182,12 @@ def create_worker(settings: Settings, model: IntentModel | None = None) -> Inten
     def owned_partitions() -> set[int]:
         return _assigned_partitions(app, source)
 
-    policy = WindowPolicy(
-        session_events=settings.session_window_events,
-        session_idle_seconds=settings.session_idle_seconds,
-        shopper_events=settings.shopper_window_events,
-        shopper_days=settings.shopper_window_days,
-    )
-    taxonomy = load_taxonomy()
+    policy = effective_window_policy(settings, domain)
     crowd = CrowdCounts(settings.crowd_half_life_hours * 3600)
     suggester = Suggester(
-        taxonomy,
-        load_catalogue(),
-        MerchandisingRules.load(settings.merchandising_rules),
+        domain.taxonomy,
+        domain.catalogue,
+        MerchandisingRules.load(effective_merchandising_rules(settings, domain)),
         crowd,
         settings.suggestions_max,
     )

@@ -55,8 +55,16 @@ def command_worker(arguments: argparse.Namespace, settings: Settings) -> None:
     import faust
 
     from intent.app import create_worker
+    from intent.domain import DomainError, check_servable, load_domain
     from intent.kafka import ensure_topics
+    from intent.model import IntentModel, ModelError
 
+    try:  # before the broker: a model and a domain that disagree need no broker to be refused
+        model = IntentModel.load(settings.model_dir, settings.inference_threads)
+        domain = load_domain(settings.domain_dir)
+        check_servable(model, domain)
+    except (ModelError, DomainError) as error:
+        sys.exit(f"intent worker: {error}")
     with broker_for(settings):
         asyncio.run(
             ensure_topics(
@@ -70,7 +78,7 @@ def command_worker(arguments: argparse.Namespace, settings: Settings) -> None:
                 settings.topic_partitions,
             )
         )
-        worker = create_worker(settings)
+        worker = create_worker(settings, model, domain)
         faust.Worker(
             worker.app,
             loglevel=settings.log_level,

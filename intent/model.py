@@ -2,8 +2,10 @@
 
 A model directory holds `model.onnx` (a whole sequence -> a distribution after every event),
 `step.onnx` (one event + the window's GRU state -> distribution + new state, what the stream
-runs) and `metadata.json`. Loading refuses a directory whose files do not match their recorded
-sha256 or whose feature spec differs from this code's, with a message that says what to do.
+runs) and `metadata.json`, which also records the domain the model was trained on (the worker checks
+it against the configured domain: `intent.domain.check_model_domain`). Loading refuses a directory
+whose files do not match their recorded sha256 or whose feature spec differs from this code's, with
+a message that says what to do.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ class IntentInfo:
     sensitive: bool
 
 
+@dataclass(frozen=True)
+class ModelDomain:
+    """The domain a model was trained on, as its metadata records it (`intent.domain.model_domain_record`)."""
+
+    name: str
+    taxonomy_sha256: str
+
+
 class IntentModel:
     def __init__(self, directory: Path, metadata: dict[str, Any], threads: int = 1) -> None:
         self.directory = directory
@@ -55,6 +65,8 @@ class IntentModel:
         self.intents = tuple(IntentInfo(i["id"], i["label"], bool(i["sensitive"])) for i in metadata["intents"])
         self.intent_ids = tuple(intent.id for intent in self.intents)
         self.browsing_index = self.intent_ids.index(metadata["browsing_intent"])
+        recorded = metadata.get("domain")  # absent in models exported before they recorded it
+        self.domain = ModelDomain(recorded["name"], recorded["taxonomy_sha256"]) if recorded else None
         self.featurizer = Featurizer(Vocabulary.from_json(metadata["vocabulary"]))
         self.detector_config = DetectorConfig.from_json(metadata["detector"])
         self.hidden_size: int = int(metadata["architecture"]["hidden_size"])

@@ -37,18 +37,31 @@ class Settings(BaseSettings):
         REPO_DIR / "models" / "intent-gru",
         description="Model directory with `model.onnx`, `step.onnx` and `metadata.json`.",
     )
+    domain_dir: Path = Field(
+        PACKAGE_DIR / "domains" / "demo",
+        description="The merchant's domain: a directory with `domain.json`, the intents, the category map, "
+        "the merchandising rules and the catalogue. The model must have been trained on its intents.",
+    )
     inference_threads: int = Field(1, description="onnxruntime intra-op threads; one keeps the event loop's core free.")
     events_topic: str = Field("shopper-events", description="Topic of incoming shopper events.")
     changes_topic: str = Field("intent-changes", description="Topic of IntentChanged events.")
     dead_letter_topic: str = Field("shopper-events-dlq", description="Topic of rejected input, with the reason.")
     topic_partitions: int = Field(4, description="Partitions of the topics the worker creates.")
     max_event_bytes: int = Field(32_768, description="Larger events are dead-lettered.")
-    session_window_events: int = Field(50, description="Events kept per session.")
-    session_idle_seconds: float = Field(
-        1800.0, description="Inactivity that ends a session; idle sessions are removed."
+    session_window_events: int | None = Field(
+        None, description="Events kept per session; unset: the domain's `session_window_events`."
     )
-    shopper_window_events: int = Field(200, description="Events kept per known shopper.")
-    shopper_window_days: float = Field(7.0, description="Days of events kept per known shopper.")
+    session_idle_seconds: float | None = Field(
+        None,
+        description="Inactivity that ends a session; idle sessions are removed. Unset: the domain's "
+        "`session_idle_seconds`.",
+    )
+    shopper_window_events: int | None = Field(
+        None, description="Events kept per known shopper; unset: the domain's `shopper_window_events`."
+    )
+    shopper_window_days: float | None = Field(
+        None, description="Days of events kept per known shopper; unset: the domain's `shopper_window_days`."
+    )
     batch_max_events: int = Field(500, description="Most events the worker takes from the stream for one model call.")
     batch_max_seconds: float = Field(0.005, description="Longest wait to fill a micro-batch; bounds the added latency.")
     repartition_input: bool = Field(
@@ -89,9 +102,10 @@ class Settings(BaseSettings):
     )
     webhook_endpoint_concurrency: int = Field(4, description="Attempts in flight at once per endpoint.")
     suggestions_max: int = Field(5, description="Products suggested per intent change.")
-    merchandising_rules: Path = Field(
-        PACKAGE_DIR / "data" / "merchandising.json",
-        description="Merchandising rules for suggestions: pinned, boosted, excluded, price ceiling.",
+    merchandising_rules: Path | None = Field(
+        None,
+        description="Merchandising rules for suggestions (pinned, boosted, excluded, price ceiling) "
+        "instead of the domain's `merchandising.json`.",
     )
     crowd_half_life_hours: float = Field(
         72.0, description="Half-life of the co-view and co-purchase counts behind crowd suggestions."

@@ -2,7 +2,7 @@
 
 This stage runs when the detector reports an intent change; its output goes into the webhook
 payload (`intent.policy.webhook_payload`). Rules come from a JSON file (`INTENT_MERCHANDISING_RULES`,
-default `intent/data/merchandising.json`); every key is optional and an unknown key is an error, so
+default: the domain's `merchandising.json`); every key is optional and an unknown key is an error, so
 a misspelt rule fails at start-up instead of being ignored:
 
     version                  1

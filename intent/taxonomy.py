@@ -1,7 +1,8 @@
-"""The intent taxonomy and the product catalogue: data files shipped in `intent/data/`.
+"""The intent taxonomy and the product catalogue: data files of a domain (`intent/domain.py`).
 
 Both are data, not code, so an operator can replace them with their own (`load_taxonomy(path)`,
-`load_catalogue(path)`); the model's vocabularies are built from whatever catalogue it was trained on.
+`load_catalogue(path)`); the defaults are the demo domain's (`intent/domains/demo/`). The model's
+vocabularies are built from whatever catalogue it was trained on.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import csv
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
-TAXONOMY_PATH = DATA_DIR / "intents.json"
-CATALOGUE_PATH = DATA_DIR / "catalogue.csv"
+DOMAINS_DIR = Path(__file__).resolve().parent / "domains"
+DEMO_DOMAIN_DIR = DOMAINS_DIR / "demo"
+TAXONOMY_PATH = DEMO_DOMAIN_DIR / "intents.json"
+CATALOGUE_PATH = DEMO_DOMAIN_DIR / "catalogue.csv"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,19 +67,24 @@ class Product:
     in_stock: bool
 
 
+_INTENT_KEYS = ("id", "label", "description", "sensitive", "categories")
+PRODUCT_FIELDS = ("product_id", "sku", "name", "category", "brand", "price", "in_stock")
+
+
 def load_taxonomy(path: Path = TAXONOMY_PATH) -> Taxonomy:
-    raw = orjson.loads(path.read_bytes())
-    intents = tuple(
-        Intent(
-            id=item["id"],
-            label=item["label"],
-            description=item["description"],
-            sensitive=bool(item["sensitive"]),
-            categories=dict(item["categories"]),
-        )
-        for item in raw["intents"]
-    )
+    """The intents file; a malformed one is a ValueError naming the file (and the intent)."""
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from None
+    missing = [key for key in ("intents", "browsing_intent") if key not in raw]
+    if missing:
+        raise ValueError(f"{path}: lacks {missing}")
+    intents = tuple(_intent(item, f"{path}: intents[{position}]") for position, item in enumerate(raw["intents"]))
     taxonomy = Taxonomy(intents, raw["browsing_intent"], raw.get("segments", {}))
+    repeated = sorted({i for i in taxonomy.ids if taxonomy.ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"{path}: intent ids {repeated} appear more than once")
     if taxonomy.browsing_intent not in taxonomy.ids:
         raise ValueError(f"{path}: browsing_intent {taxonomy.browsing_intent!r} is not an intent")
     for segment, weights in taxonomy.segments.items():
@@ -86,17 +94,50 @@ def load_taxonomy(path: Path = TAXONOMY_PATH) -> Taxonomy:
     return taxonomy
 
 
+def _intent(item: dict[str, Any], where: str) -> Intent:
+    missing = [key for key in _INTENT_KEYS if key not in item]
+    if missing:
+        raise ValueError(f"{where} ({item.get('id', 'no id')!r}) lacks {missing}")
+    where = f"{where} ({item['id']!r})"
+    if not isinstance(item["id"], str) or not item["id"]:
+        raise ValueError(f"{where}: the id must be a non-empty string")
+    if not isinstance(item["sensitive"], bool):
+        raise ValueError(f"{where}: sensitive must be true or false, not {item['sensitive']!r}")
+    categories = item["categories"]
+    if not isinstance(categories, dict) or not all(
+        isinstance(weight, int | float) and not isinstance(weight, bool) and weight >= 0
+        for weight in categories.values()
+    ):
+        raise ValueError(f"{where}: categories must map each category to a weight >= 0")
+    return Intent(item["id"], item["label"], item["description"], item["sensitive"], dict(categories))
+
+
 def load_catalogue(path: Path = CATALOGUE_PATH) -> tuple[Product, ...]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return tuple(
-            Product(
-                product_id=row["product_id"],
-                sku=row["sku"],
-                name=row["name"],
-                category=row["category"],
-                brand=row["brand"],
-                price=float(row["price"]),
-                in_stock=row["in_stock"].strip().lower() == "true",
-            )
-            for row in csv.DictReader(handle)
+    """The product feed: a CSV file with a header, or JSON Lines (one product object a line), with
+    the fields of `Product`; `in_stock` is `true`/`false`."""
+    if path.suffix == ".jsonl":
+        with path.open("rb") as handle:
+            rows = [(number, orjson.loads(line)) for number, line in enumerate(handle, 1) if line.strip()]
+    else:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(enumerate(csv.DictReader(handle), 2))  # line 1 is the header
+    return tuple(_product(row, f"{path}: line {number}") for number, row in rows)
+
+
+def _product(row: dict[str, Any], where: str) -> Product:
+    missing = [name for name in PRODUCT_FIELDS if row.get(name) is None]
+    if missing:
+        raise ValueError(f"{where}: missing {missing}")
+    in_stock = row["in_stock"]
+    try:
+        return Product(
+            product_id=str(row["product_id"]),
+            sku=str(row["sku"]),
+            name=str(row["name"]),
+            category=str(row["category"]),
+            brand=str(row["brand"]),
+            price=float(row["price"]),
+            in_stock=in_stock if isinstance(in_stock, bool) else str(in_stock).strip().lower() == "true",
         )
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None

@@ -144,6 +144,9 @@ def session_key(event: ShopperEvent) -> str:
 
 @dataclass(frozen=True)
 class WindowPolicy:
+    """How much each window keeps; the worker's comes from its domain, where a window setting does
+    not override it (`intent.domain.effective_window_policy`). The defaults are the demo domain's."""
+
     session_events: int = 50
     session_idle_seconds: float = 1800.0
     shopper_events: int = 200

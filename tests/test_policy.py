@@ -6,6 +6,7 @@ import jsonschema
 import orjson
 import pytest
 
+from intent.domain import load_domain
 from intent.events import iso_time
 from intent.model import IntentModel
 from intent.observability import DELIVERIES_SUPPRESSED, FREQUENCY_CAPS_REMOVED
@@ -14,6 +15,7 @@ from intent.settings import REPO_DIR, Settings
 from intent.simulate import Simulator, coffee_tea_cold_story, parse_shopper
 from intent.stores import DictStore
 from intent.suggest import CrowdCounts, MerchandisingRules, Suggester
+from intent.taxonomy import DEMO_DOMAIN_DIR
 from intent.tracking import IntentTracker
 from intent.window import WindowPolicy
 
@@ -172,7 +174,7 @@ def validator() -> jsonschema.Draft202012Validator:
 
 
 def story_suggester(taxonomy, catalogue, max_items: int = 5) -> Suggester:
-    rules = MerchandisingRules.load(Settings().merchandising_rules)
+    rules = MerchandisingRules.load(load_domain(DEMO_DOMAIN_DIR).merchandising_rules)
     return Suggester(taxonomy, catalogue, rules, CrowdCounts(3 * 86400), max_items)
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from intent.settings import Settings
+from intent.domain import load_domain
 from intent.stores import DictStore
 from intent.suggest import CROWD_SPAN, PURCHASE_WEIGHT, CrowdCounts, MerchandisingRules, Suggester
-from intent.taxonomy import Product, Taxonomy
+from intent.taxonomy import DEMO_DOMAIN_DIR, Product, Taxonomy
 
 DAY = 86400.0
 NOW = 1_767_600_000.0
@@ -24,7 +24,7 @@ def view(product: Product, at: float = NOW) -> dict:
 
 @pytest.fixture
 def rules() -> MerchandisingRules:
-    return MerchandisingRules.load(Settings().merchandising_rules)
+    return MerchandisingRules.load(load_domain(DEMO_DOMAIN_DIR).merchandising_rules)
 
 
 @pytest.fixture

@@ -9,10 +9,11 @@ import numpy as np
 import orjson
 import pytest
 
+from intent.domain import DomainError, check_model_domain, load_domain, model_domain_record
 from intent.features import FEATURE_COLUMNS, FEATURE_SPEC_VERSION, Featurizer
 from intent.model import METADATA_FILE, STEP_FILE, IntentModel, ModelError
 from intent.simulate import Simulator
-from intent.taxonomy import Taxonomy, load_taxonomy
+from intent.taxonomy import DEMO_DOMAIN_DIR, DOMAINS_DIR, Taxonomy, load_taxonomy
 from training.__main__ import main as training_main
 from training.data import encode, from_records, from_simulation, read_labelled_file
 from training.simulate import iter_jsonl_records
@@ -83,6 +84,16 @@ def test_metadata_holds_what_serving_and_auditing_need(tiny_model: Path) -> None
     assert metadata["parity"]["torch_vs_onnx"] <= 1e-4
     assert metadata["parity"]["step_vs_full"] <= 1e-4
     assert metadata["training"]["distillation_weight"] == TrainConfig.distillation_weight
+
+
+def test_the_model_records_the_domain_it_was_trained_on_and_is_served_only_with_it(tiny_model: Path) -> None:
+    metadata = orjson.loads((tiny_model / METADATA_FILE).read_bytes())
+    assert metadata["domain"] == model_domain_record("demo", load_taxonomy())
+    assert [intent["id"] for intent in metadata["intents"]] == metadata["domain"]["intents"]
+    model = IntentModel.load(tiny_model)
+    check_model_domain(model, load_domain(DEMO_DOMAIN_DIR))
+    with pytest.raises(DomainError, match=r"trained on domain 'demo' .*INTENT_DOMAIN_DIR"):
+        check_model_domain(model, load_domain(DOMAINS_DIR / "completejourney"))
 
 
 def test_metrics_have_every_required_figure_for_model_and_baselines(tiny_model: Path) -> None:

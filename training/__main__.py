@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from intent.domain import load_domain
 from intent.features import Featurizer, build_vocabulary
 from intent.model import METADATA_FILE, IntentModel
 from intent.simulate import Regime, Simulator, World
-from intent.taxonomy import Product, Taxonomy, load_catalogue, load_taxonomy
+from intent.taxonomy import DEMO_DOMAIN_DIR, Product, Taxonomy, load_catalogue, load_taxonomy
 from training import data as training_data
 from training.data import LabelledSequence
 from training.evaluate import evaluate_model, simulated_test_set, tune_detector
@@ -175,6 +176,7 @@ def command_all(arguments: argparse.Namespace) -> None:
         result.model,
         out_dir,
         name=out_dir.name,
+        domain_name=load_domain(DEMO_DOMAIN_DIR).name,
         taxonomy=taxonomy,
         vocabulary=featurizer.vocabulary,
         detector=detector,

@@ -18,6 +18,7 @@ import orjson
 import torch
 
 from intent.detector import DetectorConfig
+from intent.domain import model_domain_record
 from intent.features import FEATURE_COLUMNS, FEATURE_SPEC_VERSION, Vocabulary
 from intent.model import CURRENT_INTENT, METADATA_FILE, NEXT_BASKET, SEQUENCE_FILE, STEP_FILE, IntentModel, sha256_of
 from intent.taxonomy import Taxonomy
@@ -47,6 +48,7 @@ def export_model(
     out_dir: Path,
     *,
     name: str,
+    domain_name: str,
     taxonomy: Taxonomy,
     vocabulary: Vocabulary,
     detector: DetectorConfig,
@@ -96,6 +98,7 @@ def export_model(
         "architecture": {"type": "gru", "hidden_size": model.hidden_size, "parameters": parameters},
         "intents": [{"id": i.id, "label": i.label, "sensitive": i.sensitive} for i in taxonomy.intents],
         "browsing_intent": taxonomy.browsing_intent,
+        "domain": model_domain_record(domain_name, taxonomy),
         "target": NEXT_BASKET if next_basket else CURRENT_INTENT,
         **({"category_head": list(category_head)} if next_basket else {}),
         "feature_spec_version": FEATURE_SPEC_VERSION,

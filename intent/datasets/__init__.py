@@ -84,7 +84,7 @@ _REES46_EVENTS = {
     "purchase": "Order Completed",
 }
 
-# Instacart aisle -> our catalogue category (intent/data/catalogue.csv), for the aisles that are
+# Instacart aisle -> our catalogue category (intent/domains/demo/catalogue.csv), for the aisles that are
 # one of our categories as a whole. Aisles not named here, nor matched by a rule below, keep
 # their own name (`instacart:<aisle>`) and are out of our model's vocabulary.
 INSTACART_AISLE_CATEGORIES: dict[str, str] = {
