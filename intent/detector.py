@@ -64,7 +64,8 @@ class DetectorConfig:
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> DetectorConfig:
-        mode = raw.get("mode", "distribution")
+        default = cls()
+        mode = raw.get("mode", default.mode)
         if mode not in ("distribution", "lift"):
             raise ValueError(f"detector mode {mode!r}: expected 'distribution' or 'lift'")
         return cls(
@@ -72,9 +73,9 @@ class DetectorConfig:
             int(raw["confirm_events"]),
             float(raw["instant_threshold"]),
             mode,
-            float(raw.get("lift_threshold", cls.lift_threshold)),
-            float(raw.get("baseline_rate", cls.baseline_rate)),
-            float(raw.get("baseline_floor", cls.baseline_floor)),
+            float(raw.get("lift_threshold", default.lift_threshold)),
+            float(raw.get("baseline_rate", default.baseline_rate)),
+            float(raw.get("baseline_floor", default.baseline_floor)),
         )
 
 

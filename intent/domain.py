@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from intent.events import normalise_category
 from intent.settings import Settings
 from intent.suggest import MerchandisingRules
 from intent.taxonomy import Product, Taxonomy, load_catalogue, load_taxonomy
@@ -99,7 +100,8 @@ class CategoryCoverage:
 @dataclass(frozen=True)
 class CategoryMap:
     """The merchant's category names -> intents: exact names first, then patterns (regular
-    expressions, `re.search`) in order. A category may be sent explicitly to no intent (with a
+    expressions, `re.search`, case-insensitive) in order. Names are compared as events carry them
+    (`normalise_category`: stripped, lower-case). A category may be sent explicitly to no intent (with a
     reason); one that nothing names is unmapped, which `coverage` counts and reports."""
 
     exact: Mapping[str, CategoryRule]
@@ -107,6 +109,7 @@ class CategoryMap:
 
     def rule_for(self, category: str) -> CategoryRule | None:
         """The rule that applies to `category`, or None when it is unmapped."""
+        category = normalise_category(category)
         rule = self.exact.get(category)
         if rule is not None:
             return rule
@@ -206,7 +209,8 @@ def parse_category_map(raw: Any, taxonomy: Taxonomy, path: Path) -> CategoryMap:
         raise DomainError(f"{path}: exact must be an object and patterns a list")
     known = set(taxonomy.ids)
     exact = {
-        category: _category_rule(value, known, f"{path}: exact[{category!r}]") for category, value in exact_raw.items()
+        normalise_category(category): _category_rule(value, known, f"{path}: exact[{category!r}]")
+        for category, value in exact_raw.items()
     }
     patterns = []
     for position, entry in enumerate(patterns_raw):
@@ -215,7 +219,7 @@ def parse_category_map(raw: Any, taxonomy: Taxonomy, path: Path) -> CategoryMap:
             raise DomainError(f'{where}: expected {{"pattern": "...", "intent": ...}}')
         where += f" ({entry['pattern']!r})"
         try:
-            pattern = re.compile(entry["pattern"])
+            pattern = re.compile(entry["pattern"], re.IGNORECASE)
         except re.error as error:
             raise DomainError(f"{where}: not a regular expression: {error}") from None
         rule = _category_rule({key: value for key, value in entry.items() if key != "pattern"}, known, where)

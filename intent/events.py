@@ -192,9 +192,15 @@ def _timestamp(value: Any) -> float:
     return moment.timestamp()
 
 
+def normalise_category(name: str) -> str:
+    """Categories are compared as events carry them: stripped and lower-cased, so a merchant's
+    `COFFEE` in a product feed, a category map or an event is one category."""
+    return name.strip().lower()
+
+
 def _category(properties: dict[str, Any]) -> str | None:
     category = _text(properties, "category", "properties.category")
-    return category.strip().lower() if category else None
+    return normalise_category(category) if category else None
 
 
 def _price(properties: dict[str, Any]) -> float | None:

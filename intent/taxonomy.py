@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from intent.events import normalise_category
+
 DOMAINS_DIR = Path(__file__).resolve().parent / "domains"
 DEMO_DOMAIN_DIR = DOMAINS_DIR / "demo"
 TAXONOMY_PATH = DEMO_DOMAIN_DIR / "intents.json"
@@ -109,7 +111,8 @@ def _intent(item: dict[str, Any], where: str) -> Intent:
         for weight in categories.values()
     ):
         raise ValueError(f"{where}: categories must map each category to a weight >= 0")
-    return Intent(item["id"], item["label"], item["description"], item["sensitive"], dict(categories))
+    normalised = {normalise_category(category): weight for category, weight in categories.items()}
+    return Intent(item["id"], item["label"], item["description"], item["sensitive"], normalised)
 
 
 def load_catalogue(path: Path = CATALOGUE_PATH) -> tuple[Product, ...]:
@@ -134,7 +137,7 @@ def _product(row: dict[str, Any], where: str) -> Product:
             product_id=str(row["product_id"]),
             sku=str(row["sku"]),
             name=str(row["name"]),
-            category=str(row["category"]),
+            category=normalise_category(str(row["category"])),
             brand=str(row["brand"]),
             price=float(row["price"]),
             in_stock=in_stock if isinstance(in_stock, bool) else str(in_stock).strip().lower() == "true",

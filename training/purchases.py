@@ -19,15 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from intent.datasets.baskets import Basket, basket_events
-from intent.events import event_from_dict
+from intent.events import event_from_dict, normalise_category
 from intent.features import Featurizer
 
 NO_TARGET = -1
-
-
-def normalise_category(name: str) -> str:
-    """Categories as the event parser keeps them (`properties.category` is stripped and lower-cased)."""
-    return name.strip().lower()
 
 
 @dataclass

@@ -169,9 +169,14 @@ def train(
     return result
 
 
-# Event slots (sequences x padded length) per next-basket batch: households' sequences run to
-# thousands of events, so batches are sized by what they hold, not by how many sequences.
-NEXT_BASKET_BATCH_EVENTS = 16_384
+# Households' sequences run to thousands of events, and a GRU steps through time one event at a
+# time: back-propagating through a whole year per update would give a few updates per epoch at a
+# high cost per step. Training runs NEXT_BASKET_GROUP households side by side and takes a gradient
+# step every NEXT_BASKET_CHUNK events, carrying the state forward (truncated back-propagation
+# through time), so the model still reads each household's history from its first event.
+NEXT_BASKET_GROUP = 64
+NEXT_BASKET_CHUNK = 128
+NEXT_BASKET_BATCH_EVENTS = 65_536  # event slots per batch when only predicting
 
 
 def _length_batches(lengths: Sequence[int], budget: int, most: int = 64) -> list[list[int]]:
@@ -230,35 +235,45 @@ def train_next_basket(
     shuffle = random.Random(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    batches = _length_batches([len(f) for f in features], NEXT_BASKET_BATCH_EVENTS)
+    # longest first within a group, so the sequences still running at any time are a prefix
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]))
+    groups = [order[start : start + NEXT_BASKET_GROUP] for start in range(0, len(order), NEXT_BASKET_GROUP)]
     intent_table = torch.from_numpy(intent_targets.astype(np.float32))
     category_table = torch.from_numpy(category_targets.astype(np.float32))
     result = TrainResult(model, 0.0)
     best_state = None
     started = time.perf_counter()
-    bar = tqdm(total=config.epochs * len(batches), disable=not progress, desc="train", unit="batch")
+    steps = sum(-(-len(features[group[0]]) // NEXT_BASKET_CHUNK) for group in groups)
+    bar = tqdm(total=config.epochs * steps, disable=not progress, desc="train", unit="step")
     for epoch in range(config.epochs):
         model.train()
-        shuffle.shuffle(batches)
-        for chosen in batches:
-            x = hide_some_categories(
-                torch.from_numpy(_pad([features[i] for i in chosen], 0)), config.unknown_category_rate
+        shuffle.shuffle(groups)
+        for group in groups:
+            lengths = np.array([len(features[i]) for i in group])
+            x_all = hide_some_categories(
+                torch.from_numpy(_pad([features[i] for i in group], 0)), config.unknown_category_rate
             )
-            target_rows = torch.from_numpy(_pad([next_basket[i] for i in chosen], -1))
-            has_target = target_rows >= 0
-            if not bool(has_target.any()):
-                continue
-            intent_logits, category_logits, _ = model.heads(x)
-            rows = target_rows[has_target]
-            loss = nn.functional.binary_cross_entropy_with_logits(
-                intent_logits[has_target], intent_table[rows]
-            ) + nn.functional.binary_cross_entropy_with_logits(category_logits[has_target], category_table[rows])
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
+            y_all = torch.from_numpy(_pad([next_basket[i] for i in group], -1))
+            hidden = torch.zeros(1, len(group), model.hidden_size)
+            for start in range(0, int(lengths[0]), NEXT_BASKET_CHUNK):
+                running = int((lengths > start).sum())
+                x = x_all[:running, start : start + NEXT_BASKET_CHUNK]
+                target_rows = y_all[:running, start : start + NEXT_BASKET_CHUNK]
+                intent_logits, category_logits, last = model.heads(x, hidden[:, :running].contiguous())
+                hidden = last.detach()
+                has_target = target_rows >= 0
+                bar.update()
+                if not bool(has_target.any()):
+                    continue
+                rows = target_rows[has_target]
+                loss = nn.functional.binary_cross_entropy_with_logits(
+                    intent_logits[has_target], intent_table[rows]
+                ) + nn.functional.binary_cross_entropy_with_logits(category_logits[has_target], category_table[rows])
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
         scheduler.step()
         score = validation_score(model)
         result.validation_accuracy.append(score)
