@@ -148,7 +148,7 @@ def scored_baskets(baskets: Iterable[Basket], validation_from: date, test_from: 
     start, end = _period_bounds(utc_seconds(validation_from), utc_seconds(test_from), period)
     seen: set[str] = set()
     scored = []
-    for basket in ordered:
+    for basket in ordered:  # the same rule as _Log.scored, without a vocabulary
         if start <= basket.timestamp < end and basket.shopper_id in seen and basket.categories:
             scored.append(basket)
         seen.add(basket.shopper_id)
@@ -188,6 +188,88 @@ class _Snapshot:
     truth: np.ndarray  # (n, size) bool
 
 
+@dataclass(frozen=True)
+class _Log:
+    """The log in time order, encoded once for the walks."""
+
+    baskets: list[Basket]
+    timestamps: np.ndarray
+    households: np.ndarray  # dense household number per basket
+    segments: np.ndarray  # dense segment number per basket, -1 without a segment
+    segment_count: int
+    eligible: np.ndarray  # household has an earlier basket and the basket a categorised item
+    validation_from: float
+    test_from: float
+
+    def scored(self, period: Period) -> np.ndarray:
+        """Whether each basket is scored in `period`."""
+        start, end = _period_bounds(self.validation_from, self.test_from, period)
+        return self.eligible & (self.timestamps >= start) & (self.timestamps < end)
+
+
+def _encode(
+    baskets: Iterable[Basket],
+    categories: Sequence[str],
+    intent_of: Mapping[str, str | None] | Callable[[str], str | None],
+    intents: Sequence[str],
+    validation_from: date,
+    test_from: date,
+) -> tuple[_Log, list[np.ndarray], list[np.ndarray]]:
+    """The encoded log and, per basket, the indices of its categories and of its intents."""
+    lookup = intent_of.get if isinstance(intent_of, Mapping) else intent_of
+    ordered = time_ordered(baskets)
+    category_index = _vocabulary_index(categories, "category")
+    intent_index = _vocabulary_index(intents, "intent")
+    category_sets = [basket.categories for basket in ordered]
+    unknown = sorted(set().union(*category_sets) - category_index.keys())
+    if unknown:
+        raise ValueError(f"{len(unknown)} basket categories are not in the vocabulary, e.g. {unknown[:5]}")
+    intent_by_category = {category: lookup(category) for category in categories}
+    strays = sorted({i for i in intent_by_category.values() if i is not None} - intent_index.keys())
+    if strays:
+        raise ValueError(f"the category map names intents outside the intent list: {strays}")
+
+    def indices(names: Iterable[str | None], index: Mapping[str, int]) -> np.ndarray:
+        return np.array(sorted({index[name] for name in names if name is not None}), dtype=np.int64)
+
+    category_held = [indices(held, category_index) for held in category_sets]
+    intent_held = [indices((intent_by_category[c] for c in held), intent_index) for held in category_sets]
+
+    household_names = [basket.shopper_id for basket in ordered]
+    segment_names = sorted({basket.segment for basket in ordered if basket.segment is not None})
+    segment_of = {name: number for number, name in enumerate(segment_names)}
+    has_earlier = np.zeros(len(ordered), dtype=bool)
+    seen: set[str] = set()
+    for position, name in enumerate(household_names):
+        has_earlier[position] = name in seen
+        seen.add(name)
+    log = _Log(
+        baskets=ordered,
+        timestamps=np.array([basket.timestamp for basket in ordered], dtype=np.float64),
+        households=np.unique(household_names, return_inverse=True)[1] if ordered else np.zeros(0, np.int64),
+        segments=np.array([-1 if b.segment is None else segment_of[b.segment] for b in ordered], dtype=np.int64),
+        segment_count=len(segment_names),
+        eligible=has_earlier & np.array([len(held) > 0 for held in category_held], dtype=bool),
+        validation_from=utc_seconds(validation_from),
+        test_from=utc_seconds(test_from),
+    )
+    _period_bounds(log.validation_from, log.test_from, "test")  # the dates' order, checked once
+    return log, category_held, intent_held
+
+
+def _row_chunks(
+    log: _Log, space: _Space, walked: np.ndarray, decays: Sequence[float]
+) -> Iterator[tuple[Period, _Snapshot, RowScores]]:
+    """The baseline rows' scores for the `walked` baskets, a chunk at a time, with their period."""
+    counts = {
+        period: _PeriodCounts.count(space, log.timestamps < before, log.segments, log.segment_count)
+        for period, before in (("validation", log.validation_from), ("test", log.test_from))
+    }
+    for snapshot in _walk(space, log.households, log.timestamps, walked, decays, log.test_from):
+        period: Period = "test" if log.timestamps[snapshot.positions[0]] >= log.test_from else "validation"
+        yield period, snapshot, _baseline_scores(snapshot, counts[period], log.segments[snapshot.positions], decays)
+
+
 def evaluate_next_baskets(
     baskets: Iterable[Basket],
     categories: Sequence[str],
@@ -213,49 +295,15 @@ def evaluate_next_baskets(
     each metric (`baskets`), the same on households with a segment (`segment_households`; the
     `segment` row's own figures are those), and the decays with their validation figures.
     """
-    lookup = intent_of.get if isinstance(intent_of, Mapping) else intent_of
-    ordered = time_ordered(baskets)
-    validation_start, test_start = utc_seconds(validation_from), utc_seconds(test_from)
-    start, end = _period_bounds(validation_start, test_start, period)
-    category_index = _vocabulary_index(categories, "category")
-    intent_index = _vocabulary_index(intents, "intent")
-
-    category_sets = [basket.categories for basket in ordered]
-    unknown = sorted(set().union(*category_sets) - category_index.keys())
-    if unknown:
-        raise ValueError(f"{len(unknown)} basket categories are not in the vocabulary, e.g. {unknown[:5]}")
-    intent_by_category = {category: lookup(category) for category in categories}
-    strays = sorted({i for i in intent_by_category.values() if i is not None} - intent_index.keys())
-    if strays:
-        raise ValueError(f"the category map names intents outside the intent list: {strays}")
-
-    def indices(names: Iterable[str | None], index: Mapping[str, int]) -> np.ndarray:
-        return np.array(sorted({index[name] for name in names if name is not None}), dtype=np.int64)
-
-    category_held = [indices(held, category_index) for held in category_sets]
-    intent_held = [indices((intent_by_category[c] for c in held), intent_index) for held in category_sets]
-
-    timestamps = np.array([basket.timestamp for basket in ordered])
-    household_names = [basket.shopper_id for basket in ordered]
-    households = np.unique(household_names, return_inverse=True)[1]
-    segment_names = sorted({basket.segment for basket in ordered if basket.segment is not None})
-    segment_of = {name: number for number, name in enumerate(segment_names)}
-    segments = np.array([segment_of.get(basket.segment, -1) for basket in ordered])  # type: ignore[arg-type]
-
-    has_earlier = np.zeros(len(ordered), dtype=bool)
-    seen: set[str] = set()
-    for position, name in enumerate(household_names):
-        has_earlier[position] = name in seen
-        seen.add(name)
-    eligible = has_earlier & np.array([len(held) > 0 for held in category_held], dtype=bool)
+    log, category_held, intent_held = _encode(baskets, categories, intent_of, intents, validation_from, test_from)
+    in_period = log.scored(period)
+    in_validation = log.scored("validation")
     tuning = recency_decay is None
     decays = RECENCY_DECAYS if tuning else (float(recency_decay),)  # type: ignore[arg-type]
-    in_period = eligible & (timestamps >= start) & (timestamps < end)
-    in_validation = eligible & (timestamps >= validation_start) & (timestamps < test_start)
     if tuning and not in_validation.any():
         raise ValueError("no validation basket to choose the recency decay on: pass recency_decay")
     walked = np.flatnonzero(in_period | (in_validation if tuning else False))
-    scored_ids = [ordered[position].basket_id for position in np.flatnonzero(in_period)]
+    scored_ids = [log.baskets[position].basket_id for position in np.flatnonzero(in_period)]
 
     spaces = {
         "category": _Space(CATEGORY_METRICS, CATEGORY_TOP, len(categories), category_held, extra_category_rows or {}),
@@ -265,22 +313,16 @@ def evaluate_next_baskets(
         for row, scores in space.extra_rows.items():
             _check_extra_row(space_name, row, scores, scored_ids, space.size)
 
-    values: dict[tuple[str, str], np.ndarray] = {}  # (metric, row) -> per walked basket, NaN where none
+    values: dict[tuple[str, str], np.ndarray] = {}  # (metric, row) -> per scored basket, NaN where none
     chosen: dict[str, float] = {}
     validation_figures: dict[str, dict[str, float]] = {}
     for space_name, space in spaces.items():
-        order = _ranking_order(_popularity(space.held, timestamps < validation_start, space.size))
-        counts = {
-            name: _PeriodCounts.count(space, timestamps < before, segments, len(segment_names))
-            for name, before in (("validation", validation_start), ("test", test_start))
-        }
+        order = _ranking_order(_popularity(space.held, log.timestamps < log.validation_from, space.size))
         space_values: dict[tuple[str, str], np.ndarray] = {}
-        for snapshot in _walk(space, households, timestamps, walked, decays, test_start):
-            chunk_period: Period = "test" if timestamps[snapshot.positions[0]] >= test_start else "validation"
-            rows = _baseline_scores(snapshot, counts[chunk_period], segments[snapshot.positions], decays)
+        for chunk_period, snapshot, rows in _row_chunks(log, space, walked, decays):
             if chunk_period == period:
                 for row, scores in space.extra_rows.items():
-                    rows[row] = (np.stack([scores[ordered[p].basket_id] for p in snapshot.positions]), None)
+                    rows[row] = (np.stack([scores[log.baskets[p].basket_id] for p in snapshot.positions]), None)
             offset = np.searchsorted(walked, snapshot.positions)
             for key, figures in _score(space, snapshot, rows, order).items():
                 space_values.setdefault(key, np.full(len(walked), np.nan))[offset] = figures
@@ -303,12 +345,12 @@ def evaluate_next_baskets(
                 row = "personal_recency"
             values[(metric, row)] = figures[in_period[walked]]
 
-    scored_households = households[in_period]
-    scored_segments = segments[in_period]
+    scored_households = log.households[in_period]
+    with_segment = log.segments[in_period] >= 0
     result: dict[str, Any] = {
         "period": period,
-        "validation_from": _iso(validation_start),
-        "test_from": _iso(test_start),
+        "validation_from": _iso(log.validation_from),
+        "test_from": _iso(log.test_from),
         "test_baskets": int(in_period.sum()),
         "households": len(np.unique(scored_households)),
         "recency_decay": {
@@ -321,7 +363,6 @@ def evaluate_next_baskets(
         },
     }
     everyone = np.ones(len(scored_households), dtype=bool)
-    with_segment = scored_segments >= 0
     result |= _figures(values, scored_households, everyone, draws, seed, skip_rows={"segment"})
     subset = _figures(values, scored_households, with_segment, draws, seed, skip_rows=set())
     for metric in METRICS:
@@ -333,6 +374,38 @@ def evaluate_next_baskets(
         **subset,
     }
     return result
+
+
+def baseline_scores(
+    baskets: Iterable[Basket],
+    categories: Sequence[str],
+    intent_of: Mapping[str, str | None] | Callable[[str], str | None],
+    intents: Sequence[str],
+    validation_from: date,
+    test_from: date,
+    *,
+    row: str,
+    space: Literal["category", "intent"] = "category",
+    period: Period = "test",
+    recency_decay: float = 0.98,
+) -> dict[str, np.ndarray]:
+    """One baseline row's scores (float32, one per category or intent) for each basket scored in
+    `period`, exactly as the evaluation ranks them: for a model row that builds on a baseline, and
+    for its ablation. Rows without a score for a basket (`segment` without a segment) leave it out.
+    """
+    if row not in BASELINE_ROWS:
+        raise ValueError(f"unknown baseline row {row!r}; known: {', '.join(BASELINE_ROWS)}")
+    log, category_held, intent_held = _encode(baskets, categories, intent_of, intents, validation_from, test_from)
+    held, size = (category_held, len(categories)) if space == "category" else (intent_held, len(intents))
+    encoded = _Space((), 0, size, held, {})
+    name = f"personal_recency@{recency_decay}" if row == "personal_recency" else row
+    scores: dict[str, np.ndarray] = {}
+    for _, snapshot, rows in _row_chunks(log, encoded, np.flatnonzero(log.scored(period)), (recency_decay,)):
+        values, applies = rows[name]
+        for number, position in enumerate(snapshot.positions):
+            if applies is None or applies[number]:
+                scores[log.baskets[position].basket_id] = np.asarray(values[number], dtype=np.float32)
+    return scores
 
 
 def _vocabulary_index(names: Sequence[str], kind: str) -> dict[str, int]:
