@@ -290,7 +290,8 @@ def evaluate_next_baskets(
     `categories` and `intents` are ordered vocabularies: extra rows give one score per entry, in
     that order, for every basket `scored_baskets` returns (extra baskets are ignored).
     `intent_of` maps a category to its intent or None; a basket category outside `categories`,
-    or an intent outside `intents`, is an error. `recency_decay` None chooses it on validation.
+    or an intent outside `intents`, is an error. `recency_decay` None chooses it on validation, per
+    space on its first metric (intents take the categories' decay if no validation basket has one).
     The result has, per metric, `{row: mean, row_ci: [low, high]}`, the number of baskets behind
     each metric (`baskets`), the same on households with a segment (`segment_households`; the
     `segment` row's own figures are those), and the decays with their validation figures.
@@ -329,12 +330,14 @@ def evaluate_next_baskets(
         if tuning:
             validation = in_validation[walked]
             main = space.metrics[0]
-            by_decay = {
-                decay: float(np.nanmean(space_values[(main, f"personal_recency@{decay}")][validation]))
-                for decay in decays
-            }
-            chosen[space_name] = max(decays, key=lambda decay: by_decay[decay])
-            validation_figures[space_name] = {str(decay): round(figure, 4) for decay, figure in by_decay.items()}
+            by_decay = {decay: space_values[(main, f"personal_recency@{decay}")][validation] for decay in decays}
+            if np.isnan(by_decay[decays[0]]).all():  # no validation basket holds an intent
+                chosen[space_name] = chosen["category"]
+                validation_figures[space_name] = {}
+            else:
+                means = {decay: float(np.nanmean(figures)) for decay, figures in by_decay.items()}
+                chosen[space_name] = max(decays, key=lambda decay: means[decay])
+                validation_figures[space_name] = {str(decay): round(mean, 4) for decay, mean in means.items()}
         else:
             chosen[space_name] = decays[0]
             validation_figures[space_name] = {}
@@ -516,8 +519,9 @@ class _PeriodCounts:
         lengths = np.array([len(space.held[p]) for p in positions], dtype=np.int64)
         flat = np.concatenate([space.held[p] for p in positions]) if len(positions) else np.zeros(0, np.int64)
         keys = np.repeat(segments[positions], lengths) * space.size + flat
-        by_segment = np.bincount(keys, minlength=segment_count * space.size).astype(np.float64)
-        return cls(_popularity(space.held, counted, space.size), by_segment.reshape(segment_count, space.size))
+        rows = max(segment_count, 1)  # a log without segments still indexes a (zero) row
+        by_segment = np.bincount(keys, minlength=rows * space.size).astype(np.float64)
+        return cls(_popularity(space.held, counted, space.size), by_segment.reshape(rows, space.size))
 
 
 def _popularity(held: list[np.ndarray], counted: np.ndarray, size: int) -> np.ndarray:
@@ -652,8 +656,9 @@ def _row_rank(key: str) -> tuple[int, int]:
     return (BASELINE_ROWS.index(row) if row in BASELINE_ROWS else len(BASELINE_ROWS), key.endswith("_ci"))
 
 
-def _rounded(value: float) -> float:
-    return round(value, 4) if np.isfinite(value) else float("nan")
+def _rounded(value: float) -> float | None:
+    """Four decimals; None (JSON null) for a figure no basket supports."""
+    return round(value, 4) if np.isfinite(value) else None
 
 
 # The table --------------------------------------------------------------------------------------
@@ -675,6 +680,8 @@ def format_table(result: Mapping[str, Any]) -> str:
     def cell(block: Mapping[str, Any], row: str) -> str:
         if row not in block:
             return ""
+        if block[row] is None:
+            return "n/a"
         low, high = block[f"{row}_ci"]
         return f"{block[row]:.3f} [{low:.3f}, {high:.3f}]"
 
