@@ -200,6 +200,12 @@ def test_intents_take_the_category_decay_when_no_validation_basket_holds_an_inte
 def test_a_model_row_must_cover_every_scored_basket_and_use_known_names() -> None:
     with pytest.raises(ValueError, match="no scores for 4 scored baskets"):
         evaluate(recency_decay=0.98, extra_category_rows={"model": {}})
+    log = trainer() + shoppers()
+    ids = [b.basket_id for b in scored_baskets(log, VALIDATION_FROM, TEST_FROM, "test")]
+    with pytest.raises(ValueError, match="does not have 15 finite scores"):
+        evaluate(log, recency_decay=0.98, extra_category_rows={"model": {i: np.full(15, np.nan) for i in ids}})
+    with pytest.raises(ValueError, match="does not have 14 finite scores"):
+        evaluate(log, recency_decay=0.98, extra_intent_rows={"model": {i: np.zeros(15) for i in ids}})
     with pytest.raises(ValueError, match="not in the vocabulary"):
         evaluate([*trainer(), basket("h9", "2017-10-01", "Z")], recency_decay=0.98)
     with pytest.raises(ValueError, match="outside the intent list"):

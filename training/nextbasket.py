@@ -426,11 +426,9 @@ def _check_extra_row(space: str, row: str, scores: Mapping[str, np.ndarray], sco
         raise ValueError(
             f"extra {space} row {row!r} has no scores for {len(missing)} scored baskets, e.g. {missing[:3]}"
         )
-    wrong = next((basket_id for basket_id in scored_ids if np.shape(scores[basket_id]) != (size,)), None)
+    wrong = next((i for i in scored_ids if np.shape(scores[i]) != (size,) or not np.isfinite(scores[i]).all()), None)
     if wrong is not None:
-        raise ValueError(
-            f"extra {space} row {row!r}: basket {wrong!r} has shape {np.shape(scores[wrong])}, not ({size},)"
-        )
+        raise ValueError(f"extra {space} row {row!r}: basket {wrong!r} does not have {size} finite scores")
 
 
 def _iso(seconds: float) -> str:
