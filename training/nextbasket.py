@@ -17,6 +17,8 @@ included. Each row gives a score per category (and, separately, per intent) for 
   decay is chosen on validation from RECENCY_DECAYS (its main metric, per space), never on test;
 - `last_basket`: 1 for the categories of the household's last basket;
 - any extra row the caller passes as precomputed score vectors (the model and its ablation).
+A basket without categorised items still belongs to the history: it is a step of "baskets ago",
+and when it is the last basket the `last_basket` row is popularity alone.
 
 Ranking: highest score first; equal scores (and so the filling of short lists: every category a
 household never bought scores 0) are ordered by *training-period* popularity (baskets before
