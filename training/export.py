@@ -55,9 +55,11 @@ def export_model(
     training_summary: dict[str, Any],
     parity_sequences: Sequence[np.ndarray],
     category_head: Sequence[str] = (),
+    serving: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the ONNX files and metadata; `category_head` names the categories of a NextBasketGRU's
-    second head, in order."""
+    second head, in order; `serving` adds what the runtime needs beside the model (a next-basket
+    model's ranking weights and category popularity)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
     parameters = parameter_count(model)
@@ -108,6 +110,7 @@ def export_model(
         "files": files,
         "detector": detector.to_json(),
         "training": training_summary,
+        **(serving or {}),
     }
     (out_dir / METADATA_FILE).write_bytes(orjson.dumps(metadata, option=orjson.OPT_INDENT_2))
     metadata["parity"] = check_parity(model, IntentModel.load(out_dir), parity_sequences)
