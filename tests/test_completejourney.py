@@ -265,7 +265,7 @@ def test_the_catalogue_holds_the_categorised_products_sold_at_their_median_unit_
     assert [p.name for p in catalogue] == ["Ground coffee, 12 oz", "Tea bags, 20 ct", "Cold remedies"]
 
 
-def test_the_format_is_a_replay_format_and_its_path_is_optional(journey: Path) -> None:
+def test_completejourney_is_a_replay_format_read_by_dataset_events(journey: Path) -> None:
     assert "completejourney" in FORMATS
     assert list(dataset_events("completejourney", journey)) == list(completejourney_events(journey))
 
@@ -349,9 +349,7 @@ def test_replay_of_a_folder_without_the_files_exits_2(tmp_path: Path, capsys: py
 
 
 @pytest.mark.integration
-def test_replay_sends_the_baskets_to_the_topic_each_shopper_in_order(
-    journey: Path, broker: EmbeddedBroker, tmp_path: Path
-) -> None:
+def test_replay_sends_the_baskets_to_the_topic_each_shopper_in_order(journey: Path, broker: EmbeddedBroker) -> None:
     topic = "completejourney-replay"
     command = [sys.executable, "-m", "intent", "replay", "--format", "completejourney", str(journey), "--topic", topic]
     environment = {**os.environ, "INTENT_BROKER_URL": broker.url}
