@@ -13,7 +13,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -200,20 +200,16 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
     )
 
     def observe_event(event: ShopperEvent, window: Window) -> None:
-        """The crowd learns which products go together within a visit."""
-        bought = event.event_type == "Order Completed"
-        products = event.products if bought and event.products else (event.product_id,)
-        if not any(products):
-            return
-        seen = {record["p"] for record in window.tail(CROWD_SPAN) if "p" in record}
-        for product in products:
-            if product and seen:
-                crowd.observe(seen, product, bought, event.timestamp)
+        crowd.learn(event, window.tail(CROWD_SPAN))
 
-    def enrich_change(change: dict[str, Any], window_events: list[dict[str, Any]]) -> dict[str, Any]:
+    def enrich_change(
+        change: dict[str, Any], window_events: list[dict[str, Any]], category_scores: Mapping[str, float] | None
+    ) -> dict[str, Any]:
         holdout = delivery_policy.in_holdout(change["shopper_id"])
         suggestions = (
-            [] if holdout else suggester.suggest(change["to_intent"]["id"], window_events, window_events[-1]["t"])
+            []
+            if holdout
+            else suggester.suggest(change["to_intent"]["id"], window_events, window_events[-1]["t"], category_scores)
         )
         return webhook_payload(change, suggestions, holdout)
 

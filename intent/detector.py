@@ -137,12 +137,52 @@ class ShiftDetector:
 
     def run(self, distributions: Iterable[Sequence[float]]) -> list[tuple[int, Shift]]:
         """Every shift over a sequence of distributions, with the index of the event that made it."""
+        if self.config.mode == "lift":
+            return self._run_lift(np.asarray(list(distributions), dtype=np.float64))
         state = DetectorState()
         shifts = []
         for position, probabilities in enumerate(distributions):
             shift = self.update(state, probabilities)
             if shift is not None:
                 shifts.append((position, shift))
+        return shifts
+
+    def _run_lift(self, values: np.ndarray) -> list[tuple[int, Shift]]:
+        """`run` in lift mode, as `update` event by event would decide, but with the averages and
+        lifts computed for the whole sequence at once: training tunes the detector over a year of
+        a retailer's events, setting by setting."""
+        config = self.config
+        if len(values) == 0:
+            return []
+        baseline = _moving_average(values, config.baseline_rate)
+        lift = np.full_like(values, -1.0)
+        lift[1:] = values[1:] / np.maximum(baseline[:-1], config.baseline_floor)
+        lift[:, self.browsing] = -1.0
+        lift[values < config.enter_threshold] = -1.0
+        best = lift.argmax(axis=1)
+        rows = np.arange(len(values))
+        strong = np.nonzero(lift[rows, best] >= config.lift_threshold)[0]
+        shifts = []
+        current: int | None = None
+        candidate: int | None = None
+        streak = 0
+        previous = -2
+        for position in strong.tolist():
+            if position != previous + 1:  # an event in between was no candidate: it reset the streak
+                candidate, streak = None, 0
+            previous = position
+            intent = int(best[position])
+            if intent == current:
+                candidate, streak = None, 0
+                continue
+            streak = streak + 1 if intent == candidate else 1
+            candidate = intent
+            probability = float(values[position, intent])
+            if streak < config.confirm_events and probability < config.instant_threshold:
+                continue
+            from_confidence = 0.0 if current is None else round(float(values[position, current]), 4)
+            shifts.append((position, Shift(current, intent, from_confidence, round(probability, 4))))
+            current, candidate, streak = intent, None, 0
         return shifts
 
     def _best_lift(self, state: DetectorState, probabilities: Sequence[float]) -> tuple[int, float, bool]:
@@ -167,3 +207,22 @@ class ShiftDetector:
         masked[self.browsing] = -1.0
         best = int(masked.argmax())
         return best, float(values[best])
+
+
+_AVERAGE_CHUNK = 128  # (1 - rate) ** -128 stays far from float64's limits for any rate up to 0.2
+
+
+def _moving_average(values: np.ndarray, rate: float) -> np.ndarray:
+    """The exponential average `update` keeps, after every event: the first event as it is, then
+    (1 - rate) x previous + rate x event. Computed a chunk of events at a time in closed form,
+    b[s + k] = keep ** (k + 1) x b[s - 1] + rate x keep ** k x sum_j keep ** -j x v[s + j]."""
+    keep = 1.0 - rate
+    average = np.empty_like(values)
+    average[0] = values[0]
+    powers = keep ** np.arange(_AVERAGE_CHUNK + 1, dtype=np.float64)
+    for start in range(1, len(values), _AVERAGE_CHUNK):
+        chunk = values[start : start + _AVERAGE_CHUNK]
+        length = len(chunk)
+        weighted = np.cumsum(chunk / powers[:length, None], axis=0) * powers[:length, None]
+        average[start : start + length] = powers[1 : length + 1, None] * average[start - 1] + rate * weighted
+    return average

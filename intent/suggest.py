@@ -34,13 +34,14 @@ from __future__ import annotations
 import heapq
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from intent.events import ShopperEvent
 from intent.taxonomy import Intent, Product, Taxonomy
 
 PURCHASE_WEIGHT = 3.0  # a co-purchase says more than a co-view
@@ -153,6 +154,19 @@ class CrowdCounts:
         views, purchases, updated_at = tie
         return (views + PURCHASE_WEIGHT * purchases) * self._decay(updated_at, now)
 
+    def learn(self, event: ShopperEvent, window_tail: Sequence[dict[str, Any]]) -> None:
+        """The crowd learns which products go together within a visit: each product of `event`
+        (an order's products, else the event's product) is tied to the products of the window's
+        last records (`window_tail`, the window before the event)."""
+        bought = event.event_type == "Order Completed"
+        products = event.products if bought and event.products else (event.product_id,)
+        if not any(products):
+            return
+        seen = {record["p"] for record in window_tail if "p" in record}
+        for product in products:
+            if product and seen:
+                self.observe(seen, product, bought, event.timestamp)
+
     def observe(self, seen: Iterable[str], product: str, purchased: bool, now: float) -> set[str]:
         """`product` was viewed (or bought) at `now` in a visit where `seen` had been viewed before.
 
@@ -255,7 +269,7 @@ class Suggester:
         for intent_id in taxonomy.ids:
             categories = taxonomy.get(intent_id).categories
             self._candidates[intent_id] = [
-                (product, categories[product.category] * self._boost(product))
+                (product, self._boost(product))
                 for product in catalogue
                 if product.category in categories and self._allowed(product)
             ]
@@ -272,13 +286,23 @@ class Suggester:
             product.brand, 1.0
         )
 
-    def suggest(self, intent_id: str, window: Sequence[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    def suggest(
+        self,
+        intent_id: str,
+        window: Sequence[dict[str, Any]],
+        now: float,
+        category_scores: Mapping[str, float] | None = None,
+    ) -> list[dict[str, Any]]:
         """Ranked suggestions for `intent_id`, given the window's compact event records
         (`intent.window.compact`, oldest first) and the time the crowd's counts decay to.
+        `category_scores` (a next-basket model's ranking of this shopper's categories,
+        `intent.history.category_scores`) replaces the intent's fixed category weights, so the
+        products come from the categories this shopper is likely to buy next.
 
         Scores first, reasons only for the products suggested: this runs in the stream on every
         intent change."""
         intent = self.taxonomy.get(intent_id)
+        category_weight = intent.categories if category_scores is None else category_scores
         bought = {p for r in window if r.get("e") == "Order Completed" for p in [*r.get("ps", ()), r.get("p")] if p}
         ceiling = self.rules.price_ceiling([r["pr"] for r in window if r.get("e") == "Product Viewed" and "pr" in r])
         recent_categories = {r["c"] for r in window[-RECENT_EVENTS:] if "c" in r}
@@ -292,11 +316,11 @@ class Suggester:
             return for_this_shopper(product) and self._allowed(product)
 
         scores: dict[str, float] = {}
-        for product, weight in self._candidates[intent_id]:  # already allowed by the rules
+        for product, boost in self._candidates[intent_id]:  # already allowed by the rules
             if not for_this_shopper(product):
                 continue
-            boost = RECENT_CATEGORY_BOOST if product.category in recent_categories else 1.0
-            scores[product.product_id] = weight * boost
+            recent = RECENT_CATEGORY_BOOST if product.category in recent_categories else 1.0
+            scores[product.product_id] = category_weight.get(product.category, 0.0) * boost * recent
 
         # An intent without categories (browsing) has only the crowd to go on, like a new shopper.
         crowd_leads = little_signal or not intent.categories
@@ -317,7 +341,11 @@ class Suggester:
             scores[neighbour] = scores.get(neighbour, 0.0) + crowd_weight * (1 - math.exp(-tie.score))
 
         pinned = [p for p in self.rules.pinned.get(intent_id, ()) if p in self.products and eligible(self.products[p])]
-        ranked = heapq.nsmallest(self.max_items + len(pinned), scores, key=lambda pid: (-scores[pid], pid))
+        # Equal scores (a category's products) go to the category's best sellers first.
+        products = self.products
+        ranked = heapq.nsmallest(
+            self.max_items + len(pinned), scores, key=lambda pid: (-scores[pid], -products[pid].popularity, pid)
+        )
         suggestions = []
         for product_id in list(dict.fromkeys([*pinned, *ranked]))[: self.max_items]:
             product = self.products[product_id]

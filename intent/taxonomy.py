@@ -67,6 +67,8 @@ class Product:
     brand: str
     price: float
     in_stock: bool
+    # share of baskets that held it, where the feed says (0: unknown); ranks a category's products
+    popularity: float = 0.0
 
 
 _INTENT_KEYS = ("id", "label", "description", "sensitive", "categories")
@@ -117,7 +119,8 @@ def _intent(item: dict[str, Any], where: str) -> Intent:
 
 def load_catalogue(path: Path = CATALOGUE_PATH) -> tuple[Product, ...]:
     """The product feed: a CSV file with a header, or JSON Lines (one product object a line), with
-    the fields of `Product`; `in_stock` is `true`/`false`."""
+    the fields of `Product`; `in_stock` is `true`/`false`; `popularity` (the share of baskets that
+    held the product) is optional and ranks a category's products."""
     if path.suffix == ".jsonl":
         with path.open("rb") as handle:
             rows = [(number, orjson.loads(line)) for number, line in enumerate(handle, 1) if line.strip()]
@@ -141,6 +144,7 @@ def _product(row: dict[str, Any], where: str) -> Product:
             brand=str(row["brand"]),
             price=float(row["price"]),
             in_stock=in_stock if isinstance(in_stock, bool) else str(in_stock).strip().lower() == "true",
+            popularity=float(row.get("popularity") or 0.0),
         )
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None

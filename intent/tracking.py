@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,8 @@ from intent.changes import EVIDENCE_EVENTS, build_intent_changed
 from intent.detector import DetectorState, ShiftDetector
 from intent.events import ShopperEvent
 from intent.features import FEATURE_COLUMNS, OUT_OF_VOCABULARY
-from intent.model import IntentModel
+from intent.history import PurchaseHistory, RankingWeights, category_scores
+from intent.model import NEXT_BASKET, IntentModel
 from intent.stores import KeyValueStore
 from intent.window import Window, WindowPolicy, expand, parse_records, session_key
 
@@ -66,11 +67,13 @@ class IntentTracker:
         clock: Callable[[], float] = time.time,
         observe_inference: Callable[[float], None] | None = None,
         observe_event: Callable[[ShopperEvent, Window], None] | None = None,
-        enrich_change: Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, Any]] | None = None,
+        enrich_change: Callable[[dict[str, Any], list[dict[str, Any]], Mapping[str, float] | None], dict[str, Any]]
+        | None = None,
     ) -> None:
         """`observe_event(event, window)` sees every new event with its window before it (the
-        crowd counts learn from it); `enrich_change(change, window_events)` returns the change to
-        emit (suggestions and holdout are added there), given the window's records."""
+        crowd counts learn from it); `enrich_change(change, window_events, category_scores)`
+        returns the change to emit (suggestions and holdout are added there), given the window's
+        records and, for a next-basket model, this shopper's category ranking."""
         self.model = model
         self.policy = policy
         self.sessions = sessions
@@ -80,6 +83,7 @@ class IntentTracker:
         self._observe_event = observe_event
         self._enrich_change = enrich_change
         self.detector = ShiftDetector(model.detector_config, model.browsing_index)
+        self.ranking = _ranking(model)
         self.event_time = 0.0  # the latest event time seen: the stream's clock for expiry
         self.stats = TrackerStats()
         self._dirty_sessions: dict[str, Window] = {}
@@ -89,6 +93,7 @@ class IntentTracker:
         """Serve a new model version; windows are re-encoded with it when next touched."""
         self.model = model
         self.detector = ShiftDetector(model.detector_config, model.browsing_index)
+        self.ranking = _ranking(model)
 
     def process(
         self,
@@ -128,6 +133,8 @@ class IntentTracker:
             else:
                 self.policy.touch_session(session, event, now)
                 self.policy.add_to_shopper(state, event, now)
+                if self.ranking is not None and event.event_type == "Order Completed":
+                    state.purchases = self.ranking.add_basket(state.purchases, state.visit_categories())
             position = steps_per_window[id(state)]
             steps_per_window[id(state)] += 1
             if position == len(rounds):
@@ -152,14 +159,14 @@ class IntentTracker:
         features = np.array([step.features for step in steps], dtype=np.int64)
         hidden = np.stack([_hidden_or_zeros(step.window, self.model) for step in steps])
         started = time.perf_counter()
-        probabilities, next_hidden = self.model.step(features, hidden)
+        probabilities, next_hidden, category_probabilities = self.model.step_outputs(features, hidden)
         seconds = time.perf_counter() - started
         self.stats.model_seconds += seconds
         if self._observe_inference is not None:
             self._observe_inference(seconds)
         self.stats.model_calls += 1
         changes = []
-        for step, distribution, state in zip(steps, probabilities, next_hidden, strict=True):
+        for number, (step, distribution, state) in enumerate(zip(steps, probabilities, next_hidden, strict=True)):
             window = step.window
             window.set_hidden_state(state)
             window.model_version = self.model.version
@@ -183,7 +190,10 @@ class IntentTracker:
                     segment=step.event.segment or _last_segment(window),
                 )
                 if self._enrich_change is not None:
-                    change = self._enrich_change(change, window_events)
+                    scores = None
+                    if self.ranking is not None and category_probabilities is not None and step.scope == "shopper":
+                        scores = self.ranking.scores(window.purchases, category_probabilities[number])
+                    change = self._enrich_change(change, window_events, scores)
                 changes.append(change)
         return changes
 
@@ -224,6 +234,42 @@ class IntentTracker:
                 store.delete(key, window.partition)
                 count += 1
         return count
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """What a next-basket model's category ranking needs beside the window (from its metadata)."""
+
+    categories: tuple[str, ...]
+    popularity: np.ndarray
+    weights: RankingWeights
+    intent_of: dict[str, str]  # category -> its intent, as the model's domain maps it
+
+    def add_basket(self, purchases: dict[str, Any] | None, categories: set[str]) -> dict[str, Any]:
+        history = PurchaseHistory.from_json(purchases)
+        intents = {self.intent_of[c] for c in categories if c in self.intent_of}
+        history.add_basket(categories, self.weights.decay, intents)
+        return history.to_json()
+
+    def scores(self, purchases: dict[str, Any] | None, probabilities: np.ndarray) -> dict[str, float]:
+        history = PurchaseHistory.from_json(purchases)
+        ranked = category_scores(history, self.categories, self.popularity, self.weights, probabilities)
+        return dict(zip(self.categories, ranked.tolist(), strict=True))
+
+
+def _ranking(model: IntentModel) -> _Ranking | None:
+    if model.target != NEXT_BASKET:
+        return None
+    return _Ranking(
+        model.categories,
+        np.asarray(model.metadata["category_popularity"], dtype=np.float64),
+        RankingWeights.from_json(model.metadata["ranking"]),
+        {
+            category: intent
+            for category, intent in zip(model.categories, model.metadata["category_intents"], strict=True)
+            if intent is not None
+        },
+    )
 
 
 def _load(table: KeyValueStore, key: str) -> Window | None:

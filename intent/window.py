@@ -84,6 +84,9 @@ class Window:
     last_seen: float = 0.0  # wall clock of the last update
     partition: int = 0  # of the input topic: where the window's changelog entries go
     last_offset: int = -1  # input offset of the last event applied: replays are recognised
+    # a next-basket model's shopper window: decayed counts of the baskets that held each category
+    # (`intent.history.PurchaseHistory`), forgotten with the window
+    purchases: dict[str, Any] | None = None
 
     def to_bytes(self) -> bytes:
         """A JSON header line, then one line per event record (orjson never writes a raw newline)."""
@@ -97,6 +100,7 @@ class Window:
                 self.last_seen,
                 self.partition,
                 self.last_offset,
+                *([] if self.purchases is None else [self.purchases]),
             ]
         )
         return b"\n".join([header, *self.lines])
@@ -113,6 +117,18 @@ class Window:
     def records(self) -> list[dict[str, Any]]:
         """Every event record, oldest first."""
         return parse_records(self.lines)
+
+    def visit_categories(self) -> set[str]:
+        """The categories of the events since the previous `Order Completed` (the last record, if it
+        is one, is the visit's own order): what the basket that just ended held."""
+        categories: set[str] = set()
+        for line in reversed(self.lines[:-1]):
+            record = orjson.loads(line)
+            if record["e"] == "Order Completed":
+                break
+            if "c" in record:
+                categories.add(record["c"])
+        return categories
 
     def tail(self, count: int) -> list[dict[str, Any]]:
         """The last `count` event records, oldest first."""

@@ -192,7 +192,12 @@ def test_every_event_parses_and_a_basket_is_its_items_added_then_its_order(journ
     events = list(completejourney_events(journey))
     parsed = [event_from_dict(event) for event in events]
     assert len(events) == len(LINES) + len(TIME_ORDER)
-    assert [event["messageId"] for event in events[:4]] == ["cj-10-0", "cj-10-1", "cj-10-2", "cj-10-order"]
+    assert [event["messageId"] for event in events[:4]] == [
+        "cj-basket-10-0",
+        "cj-basket-10-1",
+        "cj-basket-10-2",
+        "cj-basket-10-order",
+    ]
     assert [event.name for event in parsed[:4]] == ["Product Added"] * 3 + ["Order Completed"]
     sessions = [event.session_id for event in parsed if event.name == "Order Completed"]
     assert sessions == TIME_ORDER
@@ -231,14 +236,14 @@ def test_the_order_carries_the_baskets_products_and_total(journey: Path) -> None
 def test_items_are_a_second_apart_from_the_baskets_time_and_the_order_a_second_after(journey: Path) -> None:
     times = {e["messageId"]: event_from_dict(e).timestamp for e in completejourney_events(journey)}
     start = seconds(at(1, 9))
-    assert [times[f"cj-10-{n}"] for n in (0, 1, 2)] == [start, start + 1, start + 2]
-    assert times["cj-10-order"] == start + 3
+    assert [times[f"cj-basket-10-{n}"] for n in (0, 1, 2)] == [start, start + 1, start + 2]
+    assert times["cj-basket-10-order"] == start + 3
 
 
 def test_a_basket_that_would_start_before_the_households_previous_order_ended_waits_for_it(journey: Path) -> None:
     times = {e["messageId"]: event_from_dict(e).timestamp for e in completejourney_events(journey)}
-    assert times["cj-11-order"] == seconds(at(3, 18, 0, 2))
-    assert times["cj-12-0"] == seconds(at(3, 18, 0, 3))  # the data say 18:00:01
+    assert times["cj-basket-11-order"] == seconds(at(3, 18, 0, 2))
+    assert times["cj-basket-12-0"] == seconds(at(3, 18, 0, 3))  # the data say 18:00:01
     shoppers: dict[str, list[float]] = defaultdict(list)
     for event in completejourney_events(journey):
         parsed = event_from_dict(event)

@@ -72,3 +72,66 @@ def test_the_example_in_the_module_documentation_holds() -> None:
     import intent.detector
 
     assert doctest.testmod(intent.detector).failed == 0
+
+
+# Lift mode: independent next-basket probabilities per intent (index 0 is browsing).
+LIFT = DetectorConfig(0.2, 1, 1.01, "lift", lift_threshold=3.0, baseline_rate=0.5, baseline_floor=0.05)
+
+
+def staples_then(news: list[float], staples: int = 6) -> list[list[float]]:
+    """A shopper who always buys intent 1 (probability 0.9), then events whose intent 2 probability
+    follows `news`."""
+    return [[0.0, 0.9, 0.05, 0.0, 0.0]] * staples + [[0.0, 0.9, p, 0.0, 0.0] for p in news]
+
+
+def test_lift_mode_ignores_the_staples_however_likely_and_announces_what_rises_above_its_own_level() -> None:
+    detector = ShiftDetector(LIFT, BROWSING)
+    # the staple (0.9) never lifts off its own average; intent 2 jumps from 0.05 to 0.3: lift 6
+    assert detector.run(staples_then([0.05, 0.3, 0.3])) == [(7, Shift(None, 2, 0.0, 0.3))]
+
+
+def test_lift_mode_needs_both_the_lift_and_the_probability() -> None:
+    detector = ShiftDetector(LIFT, BROWSING)
+    assert detector.run(staples_then([0.14])) == []  # lift 2.8: under 3
+    assert detector.run(staples_then([0.19])) == []  # lift 3.8 but probability under 0.2
+
+
+def test_lift_mode_measures_against_the_windows_own_average_which_catches_up() -> None:
+    detector = ShiftDetector(LIFT, BROWSING)
+    # a slow rise: each step is under 3 x the average of what came before
+    assert detector.run(staples_then([0.1, 0.2, 0.35, 0.5])) == []
+
+
+def test_a_new_window_announces_nothing_on_its_first_event() -> None:
+    detector = ShiftDetector(LIFT, BROWSING)
+    assert detector.run([[0.0, 0.1, 0.9, 0.0, 0.0]]) == []
+
+
+def test_lift_state_round_trips_with_its_average() -> None:
+    detector = ShiftDetector(LIFT, BROWSING)
+    state = DetectorState()
+    detector.update(state, [0.0, 0.9, 0.05, 0.0, 0.0])
+    restored = DetectorState.from_list(state.to_list())
+    assert restored.baseline == pytest.approx(state.baseline)
+    assert detector.update(restored, [0.0, 0.9, 0.3, 0.0, 0.0]) == Shift(None, 2, 0.0, 0.3)
+
+
+def test_a_config_round_trips_and_an_unknown_mode_is_refused() -> None:
+    assert DetectorConfig.from_json(LIFT.to_json()) == LIFT
+    assert DetectorConfig.from_json({"enter_threshold": 0.7, "confirm_events": 2, "instant_threshold": 0.9}).mode == (
+        "distribution"
+    )
+    with pytest.raises(ValueError, match="detector mode 'ratio'"):
+        DetectorConfig.from_json({**LIFT.to_json(), "mode": "ratio"})
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_lift_mode_over_a_whole_sequence_decides_exactly_as_event_by_event(seed: int) -> None:
+    generator = np.random.default_rng(seed)
+    values = generator.beta(0.3, 3.0, size=(400, 6))
+    config = DetectorConfig(0.15, 2, 0.6, "lift", lift_threshold=2.5, baseline_rate=0.05, baseline_floor=0.02)
+    detector = ShiftDetector(config, BROWSING)
+    state = DetectorState()
+    one_by_one = [(t, shift) for t, row in enumerate(values) if (shift := detector.update(state, row)) is not None]
+    assert detector.run(values) == one_by_one
+    assert len(one_by_one) > 5  # the sequence really exercises the detector

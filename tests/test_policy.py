@@ -153,7 +153,8 @@ def story_changes(taxonomy, catalogue) -> list[tuple[dict, list[dict]]]:
     with the window it was detected on."""
     changes: list[tuple[dict, list[dict]]] = []
 
-    def keep(change: dict, window: list[dict]) -> dict:
+    def keep(change: dict, window: list[dict], category_scores: dict | None) -> dict:
+        assert category_scores is None  # the demo model ranks no categories
         changes.append((change, list(window)))
         return change
 

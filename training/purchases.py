@@ -1,6 +1,6 @@
 """A retailer's purchase log -> next-basket training sequences.
 
-Each household's baskets become the events the stream sees (`intent.datasets.baskets.basket_events`),
+Each household's baskets become the events the stream sees (`intent.datasets.baskets.visit_events`),
 encoded by the runtime's own featurizer. The target after every event is what the household did
 next: the intents and the categories of its *next* basket, learnt from the log itself rather than
 from a label copied from the current event (that label is the last-category baseline in disguise).
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from intent.datasets.baskets import Basket, basket_events
+from intent.datasets.baskets import Basket, visit_events
 from intent.events import event_from_dict, normalise_category
 from intent.features import Featurizer
 
@@ -76,35 +76,32 @@ def build_purchase_log(
     span = window_days * 86400
     sequences = []
     for shopper_id, positions in by_shopper.items():
-        start = 0
-        for cut in range(1, len(positions) + 1):
-            ends_here = cut == len(positions) or (
-                ordered[positions[cut]].timestamp - _last_event_time(ordered[positions[cut - 1]]) > span
-            )
-            if not ends_here:
-                continue
-            rows, basket_of_event, next_basket = [], [], []
-            previous_time = None
-            for k in range(start, cut):
-                basket = ordered[positions[k]]
-                following = positions[k + 1] if k + 1 < len(positions) else NO_TARGET
-                for raw in basket_events(basket):
-                    event = event_from_dict(raw)
-                    rows.append(featurizer.encode(event, previous_time))
-                    previous_time = event.timestamp
-                    basket_of_event.append(positions[k])
-                    next_basket.append(following)
-            sequences.append(
-                PurchaseSequence(
-                    shopper_id,
-                    np.asarray(rows, dtype=np.int64),
-                    np.asarray(basket_of_event, dtype=np.int64),
-                    np.asarray(next_basket, dtype=np.int64),
-                )
-            )
-            start = cut
+        rows: list[list[int]] = []
+        basket_of_event: list[int] = []
+        next_basket: list[int] = []
+        previous_time: float | None = None
+        order_time = float("-inf")
+        events = visit_events(ordered[position] for position in positions)
+        for k, position in enumerate(positions):
+            basket = ordered[position]
+            if rows and basket.timestamp - order_time > span:  # the worker's window expired here
+                sequences.append(_sequence(shopper_id, rows, basket_of_event, next_basket))
+                rows, basket_of_event, next_basket, previous_time = [], [], [], None
+            following = positions[k + 1] if k + 1 < len(positions) else NO_TARGET
+            for _ in range(len(basket.items) + 1):  # its line items, then its order
+                event = event_from_dict(next(events))
+                rows.append(featurizer.encode(event, previous_time))
+                previous_time = order_time = event.timestamp
+                basket_of_event.append(position)
+                next_basket.append(following)
+        sequences.append(_sequence(shopper_id, rows, basket_of_event, next_basket))
     return PurchaseLog(ordered, tuple(categories), tuple(intents), category_targets, intent_targets, sequences)
 
 
-def _last_event_time(basket: Basket) -> float:
-    return basket.timestamp + len(basket.items)  # the order event, a second after the last item
+def _sequence(shopper_id: str, rows: list[list[int]], baskets: list[int], following: list[int]) -> PurchaseSequence:
+    return PurchaseSequence(
+        shopper_id,
+        np.asarray(rows, dtype=np.int64),
+        np.asarray(baskets, dtype=np.int64),
+        np.asarray(following, dtype=np.int64),
+    )

@@ -16,41 +16,61 @@ memory the window keeps, and the shifts come from replaying the log through `Int
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from intent.datasets.baskets import Basket, basket_events
+from intent.datasets.baskets import Basket, visit_events
 from intent.detector import DetectorConfig, ShiftDetector
-from intent.domain import Domain, load_domain
+from intent.domain import Domain, check_model_domain, load_domain
 from intent.events import event_from_dict, normalise_category
 from intent.features import Featurizer, build_vocabulary
-from intent.history import PurchaseHistory, RankingWeights, category_scores
+from intent.history import PurchaseHistory, RankingWeights, category_scores, intent_scores
 from intent.model import IntentModel
-from intent.taxonomy import DOMAINS_DIR
+from intent.settings import Settings
+from intent.stores import DictStore
+from intent.suggest import CROWD_SPAN, CrowdCounts, MerchandisingRules, Suggester
+from intent.taxonomy import DOMAINS_DIR, Product
 from intent.tracking import IntentTracker
 from training.export import export_model
 from training.network import NextBasketGRU
-from training.nextbasket import base_rate_within, evaluate_next_baskets, scored_baskets, utc_seconds
+from training.nextbasket import (
+    base_rate_within,
+    bootstrap_interval,
+    evaluate_next_baskets,
+    scored_baskets,
+    utc_seconds,
+)
 from training.purchases import NO_TARGET, PurchaseLog, build_purchase_log
 from training.train import TrainConfig, next_basket_outputs, train_next_basket
 
 CONFIRM_DAYS = 7.0
-MODEL_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+MODEL_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+# The personal-recency row's own form (training.nextbasket): a basket fades 2% per later basket, and
+# popularity weighs 0.3 of the most popular category; the model's term is what is tuned.
+RECENCY_DECAY = 0.98
+POPULARITY_WEIGHT = 0.3
 DETECTOR_GRID = tuple(
     DetectorConfig(enter, confirm, 1.01, "lift", lift, rate)
-    for enter in (0.1, 0.2, 0.3)
-    for confirm in (1, 3)
-    for lift in (3.0, 5.0, 8.0)
+    for enter in (0.05, 0.1, 0.2, 0.3)
+    for confirm in (1, 2)
+    for lift in (2.0, 3.0, 5.0, 8.0)
     for rate in (0.005, 0.02)
 )
+# validation (three weeks judged) needs this many changes for a setting to count: at the same rate
+# the test period (twelve weeks) gets the 500 the evaluation asks for
+MIN_VALIDATION_CHANGES = 150
 MAX_CHANGES_PER_HOUSEHOLD_WEEK = 1.0
+# as the worker's defaults (INTENT_SUGGESTIONS_MAX, INTENT_CROWD_HALF_LIFE_HOURS)
+SUGGESTIONS = Settings.model_fields["suggestions_max"].default
+CROWD_HALF_LIFE_HOURS = Settings.model_fields["crowd_half_life_hours"].default
 
 
 @dataclass(frozen=True)
@@ -93,7 +113,9 @@ def served_outputs(log: PurchaseLog, outputs: Sequence[tuple[np.ndarray, np.ndar
     return ServedOutputs(intents, categories)
 
 
-def histories_before(baskets: Sequence[Basket], window_days: float, decay: float) -> dict[str, PurchaseHistory]:
+def histories_before(
+    baskets: Sequence[Basket], window_days: float, decay: float, intent_of: Callable[[str], str | None]
+) -> dict[str, PurchaseHistory]:
     """The purchase memory the worker's window holds just before each basket (forgotten with the
     window when the household stayed away longer than it lasts)."""
     span = window_days * 86400
@@ -105,8 +127,10 @@ def histories_before(baskets: Sequence[Basket], window_days: float, decay: float
         if household in last_seen and basket.timestamp - last_seen[household] > span:
             memory.pop(household, None)
         history = memory.setdefault(household, PurchaseHistory())
-        before[basket.basket_id] = PurchaseHistory(dict(history.counts))
-        history.add_basket(map(normalise_category, basket.categories), decay)
+        before[basket.basket_id] = PurchaseHistory(dict(history.counts), dict(history.intent_counts))
+        categories = [normalise_category(category) for category in basket.categories]
+        intents = {intent for category in categories if (intent := intent_of(category)) is not None}
+        history.add_basket(categories, decay, intents)
         last_seen[household] = basket.timestamp + len(basket.items)
     return before
 
@@ -130,10 +154,21 @@ def ranking_rows(
 
 
 def intent_rows(
-    scored: Sequence[Basket], served: ServedOutputs, intent_popularity: np.ndarray
-) -> dict[str, np.ndarray]:
-    """The model's next-basket intent probabilities; an expired window falls back to popularity."""
-    return {basket.basket_id: served.intents.get(basket.basket_id, intent_popularity) for basket in scored}
+    scored: Sequence[Basket],
+    served: ServedOutputs,
+    histories: dict[str, PurchaseHistory],
+    intents: Sequence[str],
+    popularity: np.ndarray,
+    weights: RankingWeights,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The served intent ranking (`model`) and the same without the model's term."""
+    with_model, without = {}, {}
+    for basket in scored:
+        history = histories[basket.basket_id]
+        probabilities = served.intents.get(basket.basket_id)
+        without[basket.basket_id] = intent_scores(history, intents, popularity, weights, None)
+        with_model[basket.basket_id] = intent_scores(history, intents, popularity, weights, probabilities)
+    return with_model, without
 
 
 @dataclass
@@ -220,19 +255,40 @@ def replay_through_tracker(
     model: IntentModel, domain: Domain, baskets: Sequence[Basket], batch_events: int = 500
 ) -> tuple[list[dict[str, Any]], float]:
     """Every basket as the stream's events through `IntentTracker` (dict stores, the domain's window
-    policy, expiry swept as the worker does); returns the IntentChanged events and events per second."""
-    sessions: dict[str, bytes] = {}
-    shoppers: dict[str, bytes] = {}
+    policy, expiry swept as the worker does), suggestions made as the worker makes them (the crowd
+    learning from the replay); returns the IntentChanged events (with `suggestions`) and events per
+    second."""
     clock = {"now": 0.0}
-    tracker = IntentTracker(model, domain.window_policy, _Store(sessions), _Store(shoppers), clock=lambda: clock["now"])
+    crowd = CrowdCounts(CROWD_HALF_LIFE_HOURS * 3600)
+    suggester = Suggester(
+        domain.taxonomy, domain.catalogue, MerchandisingRules.load(domain.merchandising_rules), crowd, SUGGESTIONS
+    )
+
+    def with_suggestions(
+        change: dict[str, Any], window_events: list[dict[str, Any]], category_scores: Mapping[str, float] | None
+    ) -> dict[str, Any]:
+        intent = change["to_intent"]["id"]
+        return {
+            **change,
+            "suggestions": suggester.suggest(intent, window_events, window_events[-1]["t"], category_scores),
+        }
+
+    tracker = IntentTracker(
+        model,
+        domain.window_policy,
+        DictStore(),
+        DictStore(),
+        clock=lambda: clock["now"],
+        observe_event=lambda event, window: crowd.learn(event, window.tail(CROWD_SPAN)),
+        enrich_change=with_suggestions,
+    )
     changes: list[dict[str, Any]] = []
     batch = []
     swept_at = 0.0
     started = time.perf_counter()
     count = 0
-    for basket in baskets:
-        for raw in basket_events(basket):
-            batch.append(event_from_dict(raw))
+    for raw in visit_events(baskets):
+        batch.append(event_from_dict(raw))
         if len(batch) >= batch_events:
             clock["now"] = batch[-1].timestamp  # the replay's clock is its event time
             changes.extend(tracker.process(batch))
@@ -247,27 +303,6 @@ def replay_through_tracker(
         tracker.save()
         count += len(batch)
     return changes, count / (time.perf_counter() - started)
-
-
-class _Store:
-    """A dict as the tracker's key-value store (partitions ignored: one process)."""
-
-    def __init__(self, data: dict[str, bytes]) -> None:
-        self.data = data
-
-    def get(self, key: str) -> bytes | None:
-        return self.data.get(key)
-
-    def put(self, key: str, value: bytes, partition: int) -> None:
-        del partition
-        self.data[key] = value
-
-    def delete(self, key: str, partition: int) -> None:
-        del partition
-        self.data.pop(key, None)
-
-    def items(self) -> list[tuple[str, bytes]]:
-        return list(self.data.items())
 
 
 def featurizer_categories(domain: Domain) -> tuple[str, ...]:
@@ -285,14 +320,18 @@ def baskets_by_household(baskets: Sequence[Basket]) -> dict[str, list[Basket]]:
 DEFAULT_SPLIT = Split(date(2017, 9, 1), date(2017, 10, 1))
 
 
-def load_dataset(dataset: str) -> tuple[Domain, list[Basket]]:
-    """The dataset's shipped domain and its baskets, categories normalised as events carry them."""
+def load_dataset(dataset: str, households: int | None = None) -> tuple[Domain, list[Basket]]:
+    """The dataset's shipped domain and its baskets, categories normalised as events carry them;
+    `households` keeps the first that many households (by id): a slice for a quick try or a test."""
     if dataset != "completejourney":
         raise ValueError(f"unknown dataset {dataset!r}: completejourney is the one shipped")
     from intent.datasets.completejourney import completejourney_baskets
 
     domain = load_domain(DOMAINS_DIR / dataset)
     baskets = [_normalised(basket) for basket in completejourney_baskets()]
+    if households is not None:
+        kept = set(sorted({basket.shopper_id for basket in baskets})[:households])
+        baskets = [basket for basket in baskets if basket.shopper_id in kept]
     return domain, baskets
 
 
@@ -325,12 +364,12 @@ def popularity_before(log: PurchaseLog, before: float) -> tuple[np.ndarray, np.n
 
 
 def train_purchase_model(
-    dataset: str, out_dir: Path, split: Split, config: TrainConfig, progress: bool
+    dataset: str, out_dir: Path, split: Split, config: TrainConfig, progress: bool, households: int | None = None
 ) -> dict[str, Any]:
     """Train on the log before `split.validation_from`, tune on validation, export; returns metadata."""
     started = time.perf_counter()
-    domain, baskets = load_dataset(dataset)
-    categories = tuple(sorted(domain.category_map.exact))
+    domain, baskets = load_dataset(dataset, households)
+    categories = featurizer_categories(domain)
     segments = sorted({b.segment for b in baskets if b.segment and b.timestamp < split.validation_seconds})
     featurizer = Featurizer(build_vocabulary((), segments, extra_categories=categories))
     log = purchase_log(featurizer, categories, domain, baskets)
@@ -370,7 +409,7 @@ def train_purchase_model(
     )
     outputs = list(zip(*next_basket_outputs(model, features), strict=True))
     category_popularity, intent_popularity = popularity_before(log, split.validation_seconds)
-    weights, ranking_figures = tune_ranking(log, outputs, split, domain, category_popularity)
+    weights, ranking_figures = tune_ranking(log, outputs, split, domain, (category_popularity, intent_popularity))
     detector, detector_figures = tune_detector(log, outputs, split, domain)
     training_summary: dict[str, Any] = {
         "source": f"{dataset}: {len(log.baskets):,} baskets of {len({b.shopper_id for b in log.baskets}):,} households",
@@ -383,6 +422,8 @@ def train_purchase_model(
         "validation_category_recall_at_10": [round(a, 4) for a in result.validation_accuracy],
         "seconds": round(result.seconds, 1),
         "threads": config.threads,
+        "households": households,
+        "window_days": domain.window_policy.shopper_days,
         "intent_shares": [round(float(x), 5) for x in intent_popularity],
         "ranking_validation": ranking_figures,
         "detector_validation": detector_figures,
@@ -401,6 +442,8 @@ def train_purchase_model(
         serving={
             "ranking": weights.to_json(),
             "category_popularity": [round(float(x), 6) for x in category_popularity],
+            "intent_popularity": [round(float(x), 6) for x in intent_popularity],
+            "category_intents": [domain.category_map.intent_of(category) for category in categories],
         },
     )
     print(f"exported {metadata['model_version']} in {time.perf_counter() - started:.0f} s")
@@ -412,17 +455,24 @@ def tune_ranking(
     outputs: Sequence[tuple[np.ndarray, np.ndarray | None]],
     split: Split,
     domain: Domain,
-    popularity: np.ndarray,
+    popularity: tuple[np.ndarray, np.ndarray],
 ) -> tuple[RankingWeights, dict[str, Any]]:
-    """The recency decay (as the evaluator chooses it) and the model's weight, on validation."""
+    """The weights of the model's terms in the category and intent rankings, on validation."""
     served = served_outputs(log, outputs)
     scored = scored_baskets(log.baskets, split.validation_from, split.test_from, "validation")
-    rows: dict[str, dict[str, np.ndarray]] = {}
-    decay = 0.98
+    histories = histories_before(
+        log.baskets, domain.window_policy.shopper_days, RECENCY_DECAY, domain.category_map.intent_of
+    )
+    category_rows: dict[str, dict[str, np.ndarray]] = {}
+    intent_rows_by_weight: dict[str, dict[str, np.ndarray]] = {}
     for weight in MODEL_WEIGHTS:
-        weights = RankingWeights(decay, 0.3, weight)
-        histories = histories_before(log.baskets, domain.window_policy.shopper_days, decay)
-        rows[f"w={weight}"], _ = ranking_rows(scored, served, histories, log.categories, popularity, weights)
+        weights = RankingWeights(RECENCY_DECAY, POPULARITY_WEIGHT, weight, weight)
+        category_rows[f"w={weight}"], _ = ranking_rows(
+            scored, served, histories, log.categories, popularity[0], weights
+        )
+        intent_rows_by_weight[f"w={weight}"], _ = intent_rows(
+            scored, served, histories, log.intents, popularity[1], weights
+        )
     figures = evaluate_next_baskets(
         log.baskets,
         log.categories,
@@ -431,15 +481,18 @@ def tune_ranking(
         split.validation_from,
         split.test_from,
         period="validation",
-        extra_category_rows=rows,
+        extra_category_rows=category_rows,
+        extra_intent_rows=intent_rows_by_weight,
+        recency_decay=RECENCY_DECAY,
         draws=10,
     )
-    recall = figures["category_recall_at_10"]
-    best = max(MODEL_WEIGHTS, key=lambda weight: recall[f"w={weight}"])
-    chosen_decay = float(figures["recency_decay"]["categories"])
-    return RankingWeights(chosen_decay if chosen_decay == decay else decay, 0.3, best), {
-        "category_recall_at_10_by_model_weight": {str(w): recall[f"w={w}"] for w in MODEL_WEIGHTS},
-        "recency_decay_chosen_by_the_evaluator": chosen_decay,
+    categories = figures["category_recall_at_10"]
+    intents = figures["intent_recall_at_5"]
+    best_category = max(MODEL_WEIGHTS, key=lambda weight: categories[f"w={weight}"])
+    best_intent = max(MODEL_WEIGHTS, key=lambda weight: intents[f"w={weight}"])
+    return RankingWeights(RECENCY_DECAY, POPULARITY_WEIGHT, best_category, best_intent), {
+        "category_recall_at_10_by_model_weight": {str(w): categories[f"w={w}"] for w in MODEL_WEIGHTS},
+        "intent_recall_at_5_by_model_weight": {str(w): intents[f"w={w}"] for w in MODEL_WEIGHTS},
     }
 
 
@@ -459,12 +512,14 @@ def tune_detector(
         changes = detector_changes(log, outputs, config, browsing, since, until)
         figures = confirmation(changes, grouped, intents_of_basket, weeks)
         tried.append((config, figures))
-    allowed = [
-        (config, figures)
-        for config, figures in tried
-        if figures["changes_per_household_week"] <= MAX_CHANGES_PER_HOUSEHOLD_WEEK and figures["changes"] >= 100
-    ] or tried
-    config, figures = max(allowed, key=lambda pair: pair[1]["lift"])
+    under_cap = [pair for pair in tried if pair[1]["changes_per_household_week"] <= MAX_CHANGES_PER_HOUSEHOLD_WEEK]
+    enough = [pair for pair in under_cap if pair[1]["changes"] >= MIN_VALIDATION_CHANGES]
+    # the best lift among the settings that say enough; failing that, the one that says the most
+    config, figures = (
+        max(enough, key=lambda pair: pair[1]["lift"])
+        if enough
+        else max(under_cap or tried, key=lambda pair: pair[1]["changes"])
+    )
     return config, {"chosen": figures, "settings_tried": len(tried)}
 
 
@@ -472,4 +527,258 @@ def basket_intents(log: PurchaseLog) -> dict[str, frozenset[str]]:
     return {
         basket.basket_id: frozenset(log.intents[i] for i in np.nonzero(log.intent_targets[position])[0])
         for position, basket in enumerate(log.baskets)
+    }
+
+
+def evaluate_purchase_model(model_dir: Path, dataset: str, split: Split) -> dict[str, Any]:
+    """Every row of the real-data table on the test period, side by side, with intervals (on the
+    same households the model was trained on when that was a slice)."""
+    started = time.perf_counter()
+    model = IntentModel.load(model_dir)
+    domain, baskets = load_dataset(dataset, model.metadata["training"].get("households"))
+    check_model_domain(model, domain)
+    categories = model.categories
+    log = purchase_log(model.featurizer, categories, domain, baskets)
+    outputs = model.run_sequence_outputs([sequence.features for sequence in log.sequences])
+    served = served_outputs(log, outputs)
+    weights = RankingWeights.from_json(model.metadata["ranking"])
+    popularity = np.asarray(model.metadata["category_popularity"], dtype=np.float64)
+    intent_popularity = np.asarray(model.metadata["intent_popularity"], dtype=np.float64)
+    scored = scored_baskets(log.baskets, split.validation_from, split.test_from, "test")
+    histories = histories_before(
+        log.baskets, domain.window_policy.shopper_days, weights.decay, domain.category_map.intent_of
+    )
+    ranked, ablation = ranking_rows(scored, served, histories, categories, popularity, weights)
+    intent_ranked, intent_ablation = intent_rows(
+        scored, served, histories, domain.taxonomy.ids, intent_popularity, weights
+    )
+    table = evaluate_next_baskets(
+        log.baskets,
+        categories,
+        domain.category_map.intent_of,
+        domain.taxonomy.ids,
+        split.validation_from,
+        split.test_from,
+        extra_category_rows={"model": ranked, "model_without_its_term": ablation},
+        extra_intent_rows={"model": intent_ranked, "model_without_its_term": intent_ablation},
+    )
+    print(f"next-basket rows scored ({time.perf_counter() - started:.0f} s); replaying the log through the tracker ...")
+    changes, events_per_second = replay_through_tracker(model, domain, log.baskets)
+    shifts = shift_report(changes, log, split)
+    suggestions = suggestion_report(changes, log.baskets, domain.catalogue, split, domain)
+    real = {
+        "dataset": dataset,
+        "model_version": model.version,
+        "test_from": split.test_from.isoformat(),
+        "validation_from": split.validation_from.isoformat(),
+        **table,
+        "shift_confirmation_lift": shifts["lift"],
+        "shift_changes": shifts["changes"],
+        "changes_per_household_week": shifts["changes_per_household_week"],
+        "shifts": shifts,
+        "suggestion_hit_rate_7d": suggestions["suggestion_hit_rate_7d"],
+        "explore_suggestion_hit_rate_7d": suggestions["explore_suggestion_hit_rate_7d"],
+        "suggestions": {key: suggestions[key] for key in ("changes_scored", "changes_of_segment_households")},
+        "unmapped_line_item_share": unmapped_share(log.baskets, domain)["line_items"],
+        "unmapped": unmapped_share(log.baskets, domain),
+        "ranking": weights.to_json(),
+        "tracker_replay_events_per_second": round(events_per_second),
+        "seconds": round(time.perf_counter() - started),
+    }
+    return real
+
+
+def shift_report(changes: Sequence[dict[str, Any]], log: PurchaseLog, split: Split) -> dict[str, Any]:
+    """The tracker's changes on the test period, judged by the baskets that followed."""
+    end = max(basket.timestamp for basket in log.baskets)
+    in_test = [
+        Change(change["shopper_id"], change["to_intent"]["id"], _seconds(change["event_time"]), change["session_id"])
+        for change in changes
+        if split.test_seconds <= _seconds(change["event_time"]) < end - CONFIRM_DAYS * 86400
+    ]
+    grouped = baskets_by_household(log.baskets)
+    figures = confirmation(
+        in_test,
+        grouped,
+        basket_intents(log),
+        household_weeks(log.baskets, split.test_seconds, end - CONFIRM_DAYS * 86400),
+    )
+    by_intent: dict[str, int] = defaultdict(int)
+    for change in in_test:
+        by_intent[change.intent] += 1
+    return {
+        **figures,
+        "by_intent": dict(sorted(by_intent.items(), key=lambda pair: -pair[1])),
+        "coffee_tea_cold": story_pattern(changes, grouped, basket_intents(log)),
+    }
+
+
+STORY = ("coffee", "tea_hot_drinks", "cold_flu")
+
+
+def _any_in(times: list[float], after: float, until: float) -> bool:
+    """Whether sorted `times` has one in (after, until]."""
+    position = bisect.bisect_right(times, after)
+    return position < len(times) and times[position] <= until
+
+
+def story_pattern(
+    changes: Sequence[dict[str, Any]],
+    grouped: dict[str, list[Basket]],
+    intents_of_basket: dict[str, frozenset[str]],
+) -> dict[str, Any]:
+    """The simulator's coffee -> tea -> cold & flu story, looked for in the real log: in the baskets
+    (a basket with coffee, then one with tea within 14 days, then one with cold & flu within 7 days
+    of that) and in the changes the tracker made (to tea, then to cold & flu within 7 days)."""
+    households_in_baskets = 0
+    for household in grouped.values():
+        coffee, tea, cold = (
+            [b.timestamp for b in household if intent in intents_of_basket[b.basket_id]] for intent in STORY
+        )
+        households_in_baskets += any(
+            _any_in(coffee, at - 14 * 86400, at) and _any_in(cold, at, at + 7 * 86400) for at in tea
+        )
+    to_tea: dict[str, list[float]] = defaultdict(list)
+    to_cold: dict[str, list[float]] = defaultdict(list)
+    for change in changes:
+        at = _seconds(change["event_time"])
+        if change["to_intent"]["id"] == STORY[1]:
+            to_tea[change["shopper_id"]].append(at)
+        elif change["to_intent"]["id"] == STORY[2]:
+            to_cold[change["shopper_id"]].append(at)
+    tea_then_cold = sum(
+        any(0 < cold - tea <= 7 * 86400 for tea in to_tea[shopper] for cold in colds)
+        for shopper, colds in to_cold.items()
+    )
+    return {
+        "households_with_the_pattern_in_their_baskets": households_in_baskets,
+        "households": len(grouped),
+        "changes_to_tea": sum(map(len, to_tea.values())),
+        "changes_to_cold_flu": sum(map(len, to_cold.values())),
+        "households_with_a_tea_change_then_a_cold_flu_change_within_7_days": tea_then_cold,
+    }
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def unmapped_share(baskets: Sequence[Basket], domain: Domain) -> dict[str, float]:
+    """Line items, and baskets, that the category map sends to no intent (uncategorised items included)."""
+    items = unmapped_items = unmapped_baskets = 0
+    for basket in baskets:
+        mapped = 0
+        for item in basket.items:
+            items += 1
+            if item.category is None or domain.category_map.intent_of(item.category) is None:
+                unmapped_items += 1
+            else:
+                mapped += 1
+        unmapped_baskets += mapped == 0
+    return {
+        "line_items": round(unmapped_items / max(1, items), 4),
+        "baskets": round(unmapped_baskets / max(1, len(baskets)), 4),
+    }
+
+
+SUGGESTION_DAYS = 7.0
+EXPLORE_WEEKS = 8  # a suggested product the household has not bought for this long is new to it
+
+
+def suggestion_report(
+    changes: Sequence[dict[str, Any]],
+    baskets: Sequence[Basket],
+    catalogue: Sequence[Product],
+    split: Split,
+    domain: Domain,
+) -> dict[str, Any]:
+    """Hit rates of the suggestions each test-period change carried (scored before consent and
+    holdout: the data have no consent), beside the intent's top sellers and the segment's top
+    sellers of that intent: a hit when the household buys one within 7 days after the change (the
+    triggering basket left out). Repeat and explore apart: explore counts only the suggested
+    products the household had not bought in the 8 weeks before, over changes that have some."""
+    grouped = baskets_by_household(baskets)
+    end = max(basket.timestamp for basket in baskets)
+    top_sellers = _intent_top_sellers(catalogue, domain)
+    segment_sellers = _segment_top_sellers(baskets, catalogue, domain, split.validation_seconds)
+    rows: dict[str, list[tuple[float, float]]] = defaultdict(list)  # row -> (hit, explore hit or NaN)
+    households: list[str] = []
+    segment_households: list[str] = []
+    for change in changes:
+        at = _seconds(change["event_time"])
+        if not split.test_seconds <= at < end - SUGGESTION_DAYS * 86400:
+            continue
+        household = grouped[change["shopper_id"]]
+        later = set().union(
+            *(
+                b.products
+                for b in household
+                if at < b.timestamp <= at + SUGGESTION_DAYS * 86400 and b.basket_id != change["session_id"]
+            )
+        )
+        before = set().union(*(b.products for b in household if at - EXPLORE_WEEKS * 7 * 86400 <= b.timestamp <= at))
+        intent = change["to_intent"]["id"]
+        segment = household[0].segment
+        offered = {
+            "model": [s["product_id"] for s in change.get("suggestions", [])],
+            "top_sellers": top_sellers.get(intent, []),
+        }
+        households.append(change["shopper_id"])
+        for row, products in offered.items():
+            rows[row].append(_hits(products, later, before))
+        if segment is not None:
+            segment_households.append(change["shopper_id"])
+            rows["segment"].append(_hits(segment_sellers.get((segment, intent), []), later, before))
+            rows["model_on_segment_households"].append(rows["model"][-1])
+            rows["top_sellers_on_segment_households"].append(rows["top_sellers"][-1])
+    report: dict[str, Any] = {"suggestion_hit_rate_7d": {}, "explore_suggestion_hit_rate_7d": {}}
+    for row, values in rows.items():
+        owners = np.array(segment_households if row.endswith("segment_households") or row == "segment" else households)
+        array = np.array(values, dtype=np.float64).reshape(-1, 2)
+        for column, key in enumerate(("suggestion_hit_rate_7d", "explore_suggestion_hit_rate_7d")):
+            mean, low, high = bootstrap_interval(array[:, column], owners) if len(array) else (np.nan, np.nan, np.nan)
+            report[key][row] = round(mean, 4)
+            report[key][f"{row}_ci"] = [round(low, 4), round(high, 4)]
+    report["changes_scored"] = len(households)
+    report["changes_of_segment_households"] = len(segment_households)
+    return report
+
+
+def _hits(products: Sequence[str], later: set[str], before: set[str]) -> tuple[float, float]:
+    explore = [product for product in products if product not in before]
+    hit = float(any(product in later for product in products))
+    explore_hit = float(any(product in later for product in explore)) if explore else float("nan")
+    return hit, explore_hit
+
+
+def _intent_top_sellers(catalogue: Sequence[Product], domain: Domain) -> dict[str, list[str]]:
+    """Each intent's five best-selling products (the catalogue's popularity: the training period)."""
+    by_intent: dict[str, list[Product]] = defaultdict(list)
+    for product in catalogue:
+        intent = domain.category_map.intent_of(product.category)
+        if intent is not None:
+            by_intent[intent].append(product)
+    return {
+        intent: [p.product_id for p in sorted(products, key=lambda p: (-p.popularity, p.product_id))[:SUGGESTIONS]]
+        for intent, products in by_intent.items()
+    }
+
+
+def _segment_top_sellers(
+    baskets: Sequence[Basket], catalogue: Sequence[Product], domain: Domain, before: float
+) -> dict[tuple[str, str], list[str]]:
+    """Each (segment, intent)'s five best-selling products among that segment's baskets before `before`."""
+    category_of = {product.product_id: product.category for product in catalogue}
+    counts: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for basket in baskets:
+        if basket.segment is None or basket.timestamp >= before:
+            continue
+        for product in basket.products:
+            category = category_of.get(product)
+            intent = None if category is None else domain.category_map.intent_of(category)
+            if intent is not None:
+                counts[(basket.segment, intent)][product] += 1
+    return {
+        key: [p for p, _ in sorted(counter.items(), key=lambda pair: (-pair[1], pair[0]))[:SUGGESTIONS]]
+        for key, counter in counts.items()
     }

@@ -7,6 +7,7 @@ log as these records, built by the same loader, so both sides agree on what a ba
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,56 +42,64 @@ class Basket:
         return frozenset(item.product_id for item in self.items)
 
 
-def basket_events(basket: Basket) -> list[dict[str, Any]]:
-    """The visit a basket is to the stream: one `Product Added` per line item, then `Order
-    Completed`. Line items are a second apart in their order and the order a second after the
-    last, so the visit keeps its order and its time. Replay and training both use this, so the
-    model learns from exactly the events the worker will see."""
-    context: dict[str, Any] = {
-        "sessionId": basket.basket_id,
-        # Purchase logs carry no consent field; a retailer replaying its own logs has it.
-        "consent": {"categoryPreferences": {"Personalization": True}},
-    }
-    if basket.segment is not None:
-        context["traits"] = {"segment": basket.segment}
-    events = []
-    for position, item in enumerate(basket.items):
-        properties: dict[str, Any] = {"product_id": item.product_id, "quantity": item.quantity}
-        for key, value in (
-            ("category", item.category),
-            ("product_type", item.product_type),
-            ("brand", item.brand),
-            ("price", item.price),
-        ):
-            if value is not None:
-                properties[key] = value
-        events.append(
-            {
-                "type": "track",
-                "event": "Product Added",
-                "messageId": f"{basket.basket_id}-{position}",
-                "userId": basket.shopper_id,
-                "timestamp": iso_time(basket.timestamp + position),
-                "properties": properties,
-                "context": context,
-            }
-        )
-    events.append(
-        {
-            "type": "track",
-            "event": "Order Completed",
-            "messageId": f"{basket.basket_id}-order",
-            "userId": basket.shopper_id,
-            "timestamp": iso_time(basket.timestamp + len(basket.items)),
-            "properties": {
-                "order_id": basket.basket_id,
-                "revenue": round(sum((item.price or 0.0) * item.quantity for item in basket.items), 2),
-                "products": [
-                    {"product_id": item.product_id, "category": item.category, "quantity": item.quantity}
-                    for item in basket.items
-                ],
-            },
-            "context": context,
+def visit_events(baskets: Iterable[Basket]) -> Iterator[dict[str, Any]]:
+    """The visits baskets are to the stream, in the order given: per basket, one `Product Added` per
+    line item, a second apart, then `Order Completed` a second after the last. A basket that would
+    start before the same shopper's previous order ended (logs stamp baskets to the second) starts a
+    second after it, so each shopper's events stay in order. Replay and training both read baskets
+    through this, so the model learns from exactly the events the worker will see."""
+    order_times: dict[str, float] = {}  # shopper -> when their latest order completed
+    for basket in baskets:
+        start = max(basket.timestamp, order_times.get(basket.shopper_id, float("-inf")) + 1.0)
+        context: dict[str, Any] = {
+            "sessionId": basket.basket_id,
+            # Purchase logs carry no consent field; a retailer replaying its own logs has it.
+            "consent": {"categoryPreferences": {"Personalization": True}},
         }
-    )
-    return events
+        if basket.segment is not None:
+            context["traits"] = {"segment": basket.segment}
+        identity = {"userId": basket.shopper_id, "context": context}
+        for position, item in enumerate(basket.items):
+            properties = _present(
+                product_id=item.product_id,
+                category=item.category,
+                product_type=item.product_type,
+                brand=item.brand,
+                price=item.price,
+                quantity=item.quantity,
+            )
+            yield _event("Product Added", f"{basket.basket_id}-{position}", start + position, properties, identity)
+        order_times[basket.shopper_id] = start + len(basket.items)
+        order = {
+            "order_id": basket.basket_id,
+            "revenue": round(sum(line_total(item) for item in basket.items), 2),
+            "products": [
+                _present(product_id=item.product_id, category=item.category, price=item.price, quantity=item.quantity)
+                for item in basket.items
+            ],
+        }
+        yield _event("Order Completed", f"{basket.basket_id}-order", order_times[basket.shopper_id], order, identity)
+
+
+def line_total(item: LineItem) -> float:
+    """What the line cost, back from its unit price (a line of quantity 0 carries its value as its price)."""
+    if item.price is None:
+        return 0.0
+    return item.price * item.quantity if item.quantity > 0 else item.price
+
+
+def _event(
+    name: str, message_id: str, seconds: float, properties: dict[str, Any], identity: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "event": name,
+        "messageId": message_id,
+        "timestamp": iso_time(seconds),
+        "properties": properties,
+        **identity,
+    }
+
+
+def _present(**fields: Any) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}

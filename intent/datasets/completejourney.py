@@ -33,7 +33,8 @@ Mapping:
   that time + n seconds and the order 1 s after the last item, so the stream sees a visit in order;
   a basket that would start before the same household's previous order ended (726 baskets, 84 of
   them at the very same second) starts 1 s after it instead, so each shopper's events stay in order;
-- `messageId` = `cj-<basket_id>-<n>` for the n-th line item (from 0), `cj-<basket_id>-order`.
+- `messageId` = `cj-basket-<basket_id>-<n>` for the n-th line item (from 0), `cj-basket-<basket_id>-order`
+  (`intent.datasets.baskets.visit_events`, which training reads too).
 Baskets come in time order, (`transaction_timestamp`, `basket_id`), and the events basket by basket
 in that order, as a live stream would have seen them.
 
@@ -49,17 +50,19 @@ from __future__ import annotations
 import gc
 import importlib.util
 from collections.abc import Collection, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from intent.datasets.baskets import Basket, LineItem
+from intent.datasets.baskets import Basket, LineItem, visit_events
 from intent.datasets.common import DatasetError, dataset_folder
-from intent.events import iso_time
+from intent.events import normalise_category
 from intent.taxonomy import Product
 
 FILES = ("transactions.parquet", "products.parquet", "demographics.parquet")
 INSTALL = "pip install -e '.[completejourney]'"
+POPULARITY_BEFORE = datetime(2017, 9, 1, tzinfo=UTC).timestamp()
 _TRANSACTION_COLUMNS = ("household_id", "basket_id", "product_id", "quantity", "sales_value", "transaction_timestamp")
 _PRODUCT_COLUMNS = ("product_id", "brand", "product_category", "product_type", "package_size")
 _DEMOGRAPHIC_COLUMNS = ("household_id", "age", "household_comp")
@@ -112,16 +115,21 @@ def completejourney_events(path: Path | None = None) -> Iterator[dict[str, Any]]
     The folder and pyarrow are checked now; the events come as they are read."""
     folder = completejourney_dir(path)
     _arrow()
-    return _basket_events(_baskets(folder, None))
+    return visit_events(_baskets(folder, None))
 
 
-def completejourney_products(path: Path | None = None) -> tuple[Product, ...]:
+def completejourney_products(
+    path: Path | None = None, popularity_before: float = POPULARITY_BEFORE
+) -> tuple[Product, ...]:
     """A catalogue of the products that have a category and were sold: name = product type and
     package size (the data have no product names), price = the median unit price paid (line items'
-    `price`, as in the baskets), brand = `National` or `Private`, all in stock; products.parquet's
+    `price`, as in the baskets), brand = `National` or `Private`, all in stock, `popularity` = the
+    share of baskets before `popularity_before` (seconds; default 2017-09-01, the training cut-off,
+    so that the feed knows nothing of the validation and test months) that held it; products.parquet's
     order. On the real data: 67,938 products in 302 categories (`FROZEN PACKAGE MEAT` never sold)."""
     folder = completejourney_dir(path)
     prices = _median_unit_prices(folder)
+    popularity = _basket_shares(folder, popularity_before)
     table = _read(folder / "products.parquet", _PRODUCT_COLUMNS)
     catalogue = []
     for product_id, brand, category, product_type, size in _rows(table):
@@ -132,10 +140,11 @@ def completejourney_products(path: Path | None = None) -> tuple[Product, ...]:
                 product_id=str(product_id),
                 sku=str(product_id),
                 name=_product_name(product_type or category, size),
-                category=category,
+                category=normalise_category(category),
                 brand=brand or "",
                 price=prices[product_id],
                 in_stock=True,
+                popularity=popularity.get(product_id, 0.0),
             )
         )
     return tuple(catalogue)
@@ -245,64 +254,6 @@ def _segments(folder: Path) -> dict[int, str]:
     return {household: f"{age} | {composition}" for household, age, composition in _rows(table) if age and composition}
 
 
-def _basket_events(baskets: Iterable[Basket]) -> Iterator[dict[str, Any]]:
-    order_times: dict[str, float] = {}  # shopper -> when their latest order completed
-    for basket in baskets:
-        start = max(basket.timestamp, order_times.get(basket.shopper_id, float("-inf")) + 1.0)
-        context: dict[str, Any] = {
-            "sessionId": basket.basket_id,
-            "consent": {"categoryPreferences": {"Personalization": True}},
-        }
-        if basket.segment is not None:
-            context["traits"] = {"segment": basket.segment}
-        identity = {"userId": basket.shopper_id, "context": context}
-        number = basket.basket_id.removeprefix("cj-basket-")
-        for position, item in enumerate(basket.items):
-            properties = _present(
-                product_id=item.product_id,
-                category=item.category,
-                product_type=item.product_type,
-                brand=item.brand,
-                price=item.price,
-                quantity=item.quantity,
-            )
-            yield _event("Product Added", f"cj-{number}-{position}", start + position, properties, identity)
-        order_times[basket.shopper_id] = start + len(basket.items)
-        order = {
-            "order_id": basket.basket_id,
-            "revenue": round(sum(_line_total(item) for item in basket.items), 2),
-            "products": [
-                _present(product_id=item.product_id, category=item.category, price=item.price, quantity=item.quantity)
-                for item in basket.items
-            ],
-        }
-        yield _event("Order Completed", f"cj-{number}-order", order_times[basket.shopper_id], order, identity)
-
-
-def _event(
-    name: str, message_id: str, seconds: float, properties: dict[str, Any], identity: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "type": "track",
-        "event": name,
-        "messageId": message_id,
-        "timestamp": iso_time(seconds),
-        "properties": properties,
-        **identity,
-    }
-
-
-def _present(**fields: Any) -> dict[str, Any]:
-    return {key: value for key, value in fields.items() if value is not None}
-
-
-def _line_total(item: LineItem) -> float:
-    """The line's sales value back from its unit price."""
-    if item.price is None:
-        return 0.0
-    return item.price * item.quantity if item.quantity > 0 else item.price
-
-
 def _median_unit_prices(folder: Path) -> dict[int, float]:
     """product_id -> the median of its line items' unit prices, to the cent, for products sold."""
     import numpy as np
@@ -316,6 +267,18 @@ def _median_unit_prices(folder: Path) -> dict[int, float]:
     ids, starts, counts = np.unique(product, return_index=True, return_counts=True)
     medians = (price[starts + (counts - 1) // 2] + price[starts + counts // 2]) / 2
     return {int(i): round(float(m), 2) for i, m in zip(ids, medians, strict=True)}
+
+
+def _basket_shares(folder: Path, before: float) -> dict[int, float]:
+    """product_id -> the share of the baskets before `before` that held it."""
+    import numpy as np
+
+    table = _transactions(folder)
+    early = table.filter(_arrow()[2].less(table["seconds"], before))
+    pairs = np.unique(np.stack([early["basket_id"].to_numpy(), early["product_id"].to_numpy()]), axis=1)
+    baskets = max(1, len(np.unique(pairs[0])))
+    ids, counts = np.unique(pairs[1], return_counts=True)
+    return {int(i): round(float(c) / baskets, 6) for i, c in zip(ids, counts, strict=True)}
 
 
 def _product_name(kind: str, package_size: str | None) -> str:
