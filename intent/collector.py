@@ -361,7 +361,13 @@ class Collector:
             user_id = self.identities[event.anonymous_id]
             message = {**message, "userId": user_id}
         key = user_id or event.shopper_id
-        return Record(event.message_id, self.settings.events_topic, key.encode(), orjson.dumps(message))
+        value = orjson.dumps(message)
+        if len(value) > self.settings.max_event_bytes:  # the worker would dead-letter it
+            raise InvalidEvent(
+                f"a message is limited to {self.settings.max_event_bytes} bytes with the fields the collector "
+                "adds (receivedAt, the clock correction, a known userId)"
+            )
+        return Record(event.message_id, self.settings.events_topic, key.encode(), value)
 
     def _link(self, message: dict[str, Any]) -> tuple[str, Record | None]:
         """An identify call: its messageId, and the link to write to the identities topic, if any."""

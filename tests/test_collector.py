@@ -359,6 +359,21 @@ async def test_a_sent_at_that_is_not_a_time_rejects_its_message_with_the_reason(
     assert await topic_records(settings) == []
 
 
+@pytest.mark.integration
+async def test_a_message_the_clock_correction_takes_over_the_workers_limit_is_rejected_not_dead_lettered(
+    collector: Collector,
+) -> None:
+    http, settings = collector
+    message = track("just-under", sentAt="2026-01-28T11:00:01Z", context={"note": ""})
+    message["context"]["note"] = "x" * (settings.max_event_bytes - len(orjson.dumps(message)) - 10)
+    # sent compact, as orjson writes it: under the limit as sent
+    response = await http.post("/v1/track", data=orjson.dumps(message), headers=AUTH)
+    assert response.status == 400
+    assert (await response.json())["message"].startswith("a message is limited to 32768 bytes with the fields")
+    message["context"]["note"] = message["context"]["note"][:-200]
+    assert (await http.post("/v1/track", data=orjson.dumps(message), headers=AUTH)).status == 200
+
+
 # --- rate limit ---------------------------------------------------------------------------------
 
 
