@@ -52,8 +52,11 @@ def stopped_by_signals() -> Iterator[None]:
 
     def stop(signal_number: int, _frame: FrameType | None) -> None:
         for stop_signal in STOP_SIGNALS:
-            signal.signal(stop_signal, signal.SIG_IGN)
+            signal.signal(stop_signal, already_stopping)
         raise Stopped(signal_number)
+
+    def already_stopping(_signal_number: int, _frame: FrameType | None) -> None:
+        """Not SIG_IGN: an ignored signal stays ignored in any process started while stopping."""
 
     previous = {stop_signal: signal.signal(stop_signal, stop) for stop_signal in STOP_SIGNALS}
     try:

@@ -143,7 +143,8 @@ class Commands:
         process.send_signal(stop_signal)
         code = process.wait(STOP_SECONDS)
         deadline = time.monotonic() + STOP_SECONDS
-        while any(is_running(pid) for pid in everything) and time.monotonic() < deadline:
+        # the kernel closes a killed process's sockets as it exits: give it a moment
+        while (any(is_running(pid) for pid in everything) or not port_is_free(port)) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not [pid for pid in everything if is_running(pid)], f"processes outlived their command:\n{self.log()}"
         assert port_is_free(port)
