@@ -81,6 +81,7 @@ async def start_collector(broker: EmbeddedBroker, topic: str, port: int, log: IO
         "INTENT_TOPIC_PARTITIONS": str(PARTITIONS),
         "INTENT_WRITE_KEYS": WRITE_KEY,
         "INTENT_COLLECTOR_PORT": str(port),
+        "INTENT_COLLECTOR_RATE_LIMIT_PER_SECOND": "0",  # the load is one write key: measure, do not limit
         "INTENT_LOG_LEVEL": "WARNING",
     }
     process = subprocess.Popen(

@@ -345,7 +345,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
 
     def readiness() -> dict[str, bool]:
         return {
-            "model_loaded": tracker.model is not None,
+            "model_loaded": tracker.model_ready,
             "broker_connected": app.producer.started and not app.rebalancing,
             "partitions_assigned": bool(owned_partitions()),
         }

@@ -8,10 +8,13 @@ Being memory-only, the embedded broker loses every topic when it stops.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +24,7 @@ from typing import IO, Self
 
 STOP_GRACE_SECONDS = 5.0
 _LOG_TAIL_BYTES = 4_000
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # Metadata v0 (api key 3) with correlation id 1, client id "intent" and an empty topic list: the
 # oldest request every Kafka version answers, and its reply lists the brokers that are up.
 _METADATA_PROBE = struct.pack(">hhih6si", 3, 0, 1, 6, b"intent", 0)
@@ -107,6 +111,7 @@ class EmbeddedBroker:
                 # Its own session keeps a terminal's Ctrl-C from killing the broker before the
                 # worker has left its group and committed its offsets; stop() ends it instead.
                 start_new_session=True,
+                preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
             self._close_log()
@@ -117,6 +122,9 @@ class EmbeddedBroker:
             tail = self._log_tail()
             self.stop()
             raise BrokerError(f"{exc}\n--- broker log tail ---\n{tail}") from None
+        except BaseException:
+            self.stop()  # interrupted while starting (a stop signal): the broker must not outlive it
+            raise
 
     def stop(self) -> None:
         """Terminate the broker, kill it if it outlives the grace period; safe to call twice."""
@@ -157,6 +165,30 @@ class EmbeddedBroker:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, what makes the broker be killed when the process that started it dies.
+
+    `stop()`, and the stop signals the `intent` command handles, end the broker in good order; this
+    covers the rest (the parent killed with SIGKILL, or crashing in C), so no broker is left behind
+    holding its port. The broker is memory-only: killing it loses nothing a clean stop would keep.
+    The kernel sends the signal when the *thread* that started the broker ends, so start it from a
+    thread that lives as long as the broker (the main thread, as the commands and tests do).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    # Resolved before the fork: the child only makes the system call, then checks that its parent
+    # did not die before the guard was set (it would then be an orphan already).
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def guard() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return guard
 
 
 def _wait(bootstrap_servers: str, timeout: float, died: Callable[[], str | None]) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 from intent.datasets import FORMATS
 from intent.observability import configure_logging, logging_config
@@ -21,6 +24,52 @@ def _listening(bootstrap_servers: str) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
         return True
     return False
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Stopped(SystemExit):
+    """A stop signal arrived. Raised in the main thread so that every `with` and `finally` on the way
+    out runs: an embedded broker or a demo's worker is stopped, not orphaned. A SystemExit, because
+    asyncio lets only that and KeyboardInterrupt out of its loop (it logs and drops the others); its
+    code is the conventional 128 + the signal's number, should anything catch it and exit with it."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(128 + signal_number)
+        self.signal_number = signal_number
+
+
+@contextlib.contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise `Stopped`; once the way out has run, the process ends by that signal.
+
+    Ending by the signal, as Python does for an uncaught KeyboardInterrupt, gives the parent the
+    conventional status (143 or 130 in a shell) and lets process managers see a requested stop.
+    Signals that arrive while stopping are ignored: the first one is being served. Code that installs
+    its own handlers (the collector's loop, Faust's worker) replaces these while it runs.
+    """
+
+    def stop(signal_number: int, _frame: FrameType | None) -> None:
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, already_stopping)
+        raise Stopped(signal_number)
+
+    def already_stopping(_signal_number: int, _frame: FrameType | None) -> None:
+        """Not SIG_IGN: an ignored signal stays ignored in any process started while stopping."""
+
+    previous = {stop_signal: signal.signal(stop_signal, stop) for stop_signal in STOP_SIGNALS}
+    try:
+        yield
+    except Stopped as stopped:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(stopped.signal_number, signal.SIG_DFL)
+        os.kill(os.getpid(), stopped.signal_number)
+        raise  # not reached: the signal ends the process
+    finally:
+        for stop_signal, handler in previous.items():
+            signal.signal(stop_signal, handler)
 
 
 @contextlib.contextmanager
@@ -39,16 +88,13 @@ def broker_for(settings: Settings) -> Iterator[None]:
 def command_broker(arguments: argparse.Namespace, settings: Settings) -> None:
     from intent.broker import EmbeddedBroker
 
-    broker = EmbeddedBroker(port=arguments.port, host=arguments.host, binary=settings.broker_bin)
-    broker.start()
-    print(f"embedded Kafka-compatible broker (Tansu) listening on {broker.bootstrap_servers}; Ctrl-C stops it")
-    try:
+    with EmbeddedBroker(port=arguments.port, host=arguments.host, binary=settings.broker_bin) as broker:
+        print(
+            f"embedded Kafka-compatible broker (Tansu) listening on {broker.bootstrap_servers}; Ctrl-C stops it",
+            flush=True,
+        )
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        broker.stop()
 
 
 def command_worker(arguments: argparse.Namespace, settings: Settings) -> None:
@@ -273,4 +319,5 @@ def main(argv: list[str] | None = None) -> None:
     arguments = build_parser().parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
-    arguments.handler(arguments, settings)
+    with stopped_by_signals():
+        arguments.handler(arguments, settings)

@@ -12,6 +12,13 @@ to `INTENT_EVENTS_TOPIC` keyed by shopper (userId, else anonymousId) in one go, 
 only once the broker has acknowledged every one of them: an accepted event is never lost. As Segment
 does, a missing `messageId` or `timestamp` is filled in (a new id; the time the call was received).
 
+Clocks: browsers' clocks are wrong, so the collector applies Segment's correction. Every message gets
+`receivedAt` (when its call arrived, by the collector's clock). A message that says when it was sent
+(`sentAt`, on the message or, for a batch, on the batch body for all its messages) has its
+`timestamp` shifted by `receivedAt - sentAt`, the sender's clock error plus the time in transit; the
+time it gave is kept as `originalTimestamp`. A shopper whose clock is an hour ahead is therefore
+seen at the right time, not an hour in the future.
+
 Replies (JSON; the `code`/`message` pair is what Segment's libraries log on an error):
 - 200 `{"success": true, "accepted": n, "duplicates": d, "rejected": [...]}` when at least one message
   of the call was accepted or was a duplicate. A batch with bad messages keeps the good ones;
@@ -19,6 +26,10 @@ Replies (JSON; the `code`/`message` pair is what Segment's libraries log on an e
   is its position in the batch, 0 for a single call);
 - 400 `{"success": false, "code": "invalid_request", "message": <the first reason>, "rejected": [...]}`
   when none was (a body that is not a JSON object has no `rejected`);
+- 429 `code: "rate_limited"` with `Retry-After` (seconds) when the write key sent more events than
+  `INTENT_COLLECTOR_RATE_LIMIT_PER_SECOND` allows on average (`INTENT_COLLECTOR_RATE_LIMIT_BURST` at
+  once); nothing of the call is taken, and Segment's libraries send it again later. Write keys sit
+  in browser code: the limit keeps one leaked key from flooding the stream;
 - 401 `code: "unauthorized"` without a valid write key; 413 `code: "too_large"` for a call over
   `INTENT_COLLECTOR_MAX_BATCH_BYTES` (a single message over `INTENT_COLLECTOR_MAX_MESSAGE_BYTES` is
   rejected with that reason, like any invalid message; Segment's limits are 32 KB and 500 KB);
@@ -29,8 +40,10 @@ dropped (the most recent `INTENT_COLLECTOR_DEDUP_MAX_IDS` ids are remembered, by
 process: a retry that reaches another replica is not caught here).
 
 Identity: `identify` links an `anonymousId` to a `userId`. The link is kept in memory (one entry
-per identified visitor) and written to the compacted `INTENT_IDENTITIES_TOPIC`, which every collector
-follows and reads in full on start; later events that carry only that `anonymousId` are sent with
+per identified visitor, the newest `INTENT_COLLECTOR_MAX_IDENTITIES`: the oldest link is forgotten
+first, and counted) and written to the compacted `INTENT_IDENTITIES_TOPIC`, which every collector
+follows and reads in full on start (the topic keeps every link; a forgotten visitor's events go on
+as anonymous until they identify again); later events that carry only that `anonymousId` are sent with
 the `userId` filled in and keyed by it, so they reach the worker as the known shopper and join that
 shopper's window. The identify call itself is not forwarded: the worker reads only `track` calls (it
 would dead-letter it), and the link is all it needs. `page` and `screen` calls become the `track`
@@ -45,6 +58,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import math
 import signal
 import time
 import uuid
@@ -59,7 +73,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from intent import observability as metrics
-from intent.events import InvalidEvent, event_from_dict, iso_time
+from intent.events import InvalidEvent, event_from_dict, iso_time, parse_time
 from intent.kafka import CompactedTopic, ensure_topics, producer
 from intent.observability import add_health_routes
 from intent.settings import Settings
@@ -110,6 +124,32 @@ class DuplicateFilter:
             self._seen.popitem(last=False)
 
 
+class RateLimit:
+    """A token bucket per write key: `rate` events a second on average, `burst` at once; rate 0: no limit.
+
+    Events are counted, not calls: a batch of 100 costs 100. A call larger than the burst costs the
+    burst, or it could never pass. The keys are the configured write keys, so the buckets are few.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # write key -> (tokens, when counted)
+
+    def take(self, key: str, events: int, now: float) -> float:
+        """Take `events` tokens: 0 if they were there, else the seconds until they will be (none taken)."""
+        if self.rate <= 0:
+            return 0.0
+        cost = min(events, self.burst)
+        tokens, counted_at = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - counted_at) * self.rate)
+        if tokens >= cost:
+            self._buckets[key] = (tokens - cost, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (cost - tokens) / self.rate
+
+
 @dataclass
 class CallOutcome:
     """What becomes of the messages of one call."""
@@ -142,7 +182,8 @@ class Collector:
         self.producer = events_producer
         self.write_keys = tuple(key.strip() for key in settings.write_keys.split(",") if key.strip())
         self.duplicates = DuplicateFilter(settings.collector_dedup_seconds, settings.collector_dedup_max_ids)
-        self.identities: dict[str, str] = {}  # anonymousId -> userId
+        self.rate_limit = RateLimit(settings.collector_rate_limit_per_second, settings.collector_rate_limit_burst)
+        self.identities: OrderedDict[str, str] = OrderedDict()  # anonymousId -> userId, oldest link first
         self.identity_topic = CompactedTopic(settings.bootstrap_servers, settings.identities_topic, self._apply_link)
 
     async def start(self) -> None:
@@ -156,9 +197,18 @@ class Collector:
         if user_id is None:
             self.identities.pop(anonymous_id, None)
         else:
-            self.identities[anonymous_id] = user_id.decode()
+            self._remember_link(anonymous_id, user_id.decode())
 
-    def authorised(self, request: web.Request, body: Any) -> bool:
+    def _remember_link(self, anonymous_id: str, user_id: str) -> None:
+        """Keep the link, newest last; beyond `collector_max_identities`, forget the oldest ones."""
+        self.identities[anonymous_id] = user_id
+        self.identities.move_to_end(anonymous_id)
+        while len(self.identities) > self.settings.collector_max_identities:
+            self.identities.popitem(last=False)
+            metrics.COLLECTOR_IDENTITIES_EVICTED.inc()
+
+    def authorised(self, request: web.Request, body: Any) -> str | None:
+        """The known write key the call offers, if any."""
         offered = []
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "basic":
@@ -167,8 +217,10 @@ class Collector:
         if isinstance(body, dict) and isinstance(body.get("writeKey"), str):
             offered.append(body["writeKey"])
         # every comparison is made, in constant time, so the reply time says nothing about the keys
-        matches = [hmac.compare_digest(key.encode(), known.encode()) for key in offered for known in self.write_keys]
-        return any(matches)
+        matches = [
+            known for key in offered for known in self.write_keys if hmac.compare_digest(key.encode(), known.encode())
+        ]
+        return matches[0] if matches else None
 
     async def handle(self, request: web.Request, path: str) -> web.Response:
         try:
@@ -182,7 +234,8 @@ class Collector:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as error:
             body = error
-        if not self.authorised(request, body):
+        write_key = self.authorised(request, body)
+        if write_key is None:
             message = "a valid write key is required (basic-auth user or writeKey)"
             return _answer(401, {"success": False, "code": "unauthorized", "message": message})
         if isinstance(body, orjson.JSONDecodeError):
@@ -194,20 +247,40 @@ class Collector:
             messages = body.get("batch")
             if not isinstance(messages, list):
                 return _invalid("batch: expected a list of messages")
-            return await self.accept(messages)
+            if limited := self._rate_limited(write_key, len(messages)):
+                return limited
+            return await self.accept(messages, sent_at=body.get("sentAt"))
+        if limited := self._rate_limited(write_key, 1):
+            return limited
         body.pop("writeKey", None)  # a credential, not part of the event
         return await self.accept([{**body, "type": body.get("type", call_type)}], sizes=[len(raw)])
 
-    async def accept(self, messages: list[Any], sizes: list[int] | None = None) -> web.Response:
+    def _rate_limited(self, write_key: str, events: int) -> web.Response | None:
+        """The 429 answer if `write_key` may not send `events` more events now."""
+        wait = self.rate_limit.take(write_key, events, time.monotonic())
+        if not wait:
+            return None
+        metrics.COLLECTOR_MESSAGES.labels("rate_limited").inc(events)
+        retry_after = max(1, math.ceil(wait))
+        message = f"this write key sent more events than its rate limit; send them again in {retry_after} s"
+        return _answer(
+            429,
+            {"success": False, "code": "rate_limited", "message": message},
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def accept(self, messages: list[Any], sizes: list[int] | None = None, sent_at: Any = None) -> web.Response:
         """Take a call's messages: produce the valid ones, and answer once the broker has them all.
 
-        `sizes` are the messages' sizes in bytes as received, when known (a single call's body).
+        `sizes` are the messages' sizes in bytes as received, when known (a single call's body);
+        `sent_at` is a batch's `sentAt`, for the messages that do not carry their own.
         """
         received = time.time()
         now = time.monotonic()
         outcome = CallOutcome()
         for index, message in enumerate(messages):
-            self._take(index, message, sizes[index] if sizes else None, received, now, outcome)
+            size = sizes[index] if sizes else None
+            self._take(index, message, size, sent_at, received, now, outcome)
         failures = await self._produce(outcome)
         metrics.COLLECTOR_MESSAGES.labels("accepted").inc(outcome.accepted)
         metrics.COLLECTOR_MESSAGES.labels("rejected").inc(len(outcome.rejected))
@@ -229,7 +302,14 @@ class Collector:
         )
 
     def _take(
-        self, index: int, message: Any, size: int | None, received: float, now: float, outcome: CallOutcome
+        self,
+        index: int,
+        message: Any,
+        size: int | None,
+        batch_sent_at: Any,
+        received: float,
+        now: float,
+        outcome: CallOutcome,
     ) -> None:
         """Validate one message and queue what it becomes, or say why it is rejected."""
         if not isinstance(message, dict):
@@ -246,11 +326,17 @@ class Collector:
             outcome.reject(index, shown_id, f"type: {repr(call_type)[:40]} is not one of {list(CALL_TYPES)}")
             return
         # Segment fills these in on arrival; so does the collector, before the worker's validation.
+        message = {**message, "receivedAt": iso_time(received)}
         if sent_id is None:
-            message = {**message, "messageId": str(uuid.uuid4())}
-        if message.get("timestamp") is None:
-            message = {**message, "timestamp": iso_time(received)}
+            message["messageId"] = str(uuid.uuid4())
         try:
+            if message.get("timestamp") is None:
+                message["timestamp"] = message["receivedAt"]
+            elif (sent_at := message.get("sentAt", batch_sent_at)) is not None:
+                # the sender's clock error (and the time in transit): Segment's correction
+                skew = received - parse_time(sent_at, "sentAt")
+                corrected = _corrected_time(parse_time(message["timestamp"]) + skew)
+                message.update(sentAt=sent_at, originalTimestamp=message["timestamp"], timestamp=corrected)
             if call_type == "identify":
                 message_id, record = self._link(message)
             else:
@@ -275,7 +361,13 @@ class Collector:
             user_id = self.identities[event.anonymous_id]
             message = {**message, "userId": user_id}
         key = user_id or event.shopper_id
-        return Record(event.message_id, self.settings.events_topic, key.encode(), orjson.dumps(message))
+        value = orjson.dumps(message)
+        if len(value) > self.settings.max_event_bytes:  # the worker would dead-letter it
+            raise InvalidEvent(
+                f"a message is limited to {self.settings.max_event_bytes} bytes with the fields the collector "
+                "adds (receivedAt, the clock correction, a known userId)"
+            )
+        return Record(event.message_id, self.settings.events_topic, key.encode(), value)
 
     def _link(self, message: dict[str, Any]) -> tuple[str, Record | None]:
         """An identify call: its messageId, and the link to write to the identities topic, if any."""
@@ -287,7 +379,7 @@ class Collector:
         if identified.anonymous_id is None:
             return identified.message_id, None  # a known user's traits: nothing to link
         # Linked at once, so the next message of the same batch already follows the user.
-        self.identities[identified.anonymous_id] = identified.user_id
+        self._remember_link(identified.anonymous_id, identified.user_id)
         link = Record(
             identified.message_id,
             self.settings.identities_topic,
@@ -322,6 +414,13 @@ class Collector:
         return failures
 
 
+def _corrected_time(timestamp: float) -> str:
+    try:
+        return iso_time(timestamp)
+    except (ValueError, OverflowError, OSError):  # beyond the years datetime can show
+        raise InvalidEvent("sentAt: the timestamp corrected by it is out of range") from None
+
+
 def _invalid(reason: str, rejected: list[dict[str, Any]] | None = None) -> web.Response:
     body: dict[str, Any] = {"success": False, "code": "invalid_request", "message": reason}
     if rejected is not None:
@@ -329,8 +428,8 @@ def _invalid(reason: str, rejected: list[dict[str, Any]] | None = None) -> web.R
     return _answer(400, body)
 
 
-def _answer(status: int, body: dict[str, Any]) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
 
 
 COLLECTOR = web.AppKey("collector", Collector)

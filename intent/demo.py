@@ -162,7 +162,6 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
             "INTENT_API_TOKENS": token,
             "INTENT_WEBHOOK_ALLOW_PRIVATE_URLS": "true",  # the receiver is on this machine
         }
-        worker = subprocess.Popen([sys.executable, "-m", "intent", "worker"], env=environment)
         receiver = DemoReceiver()
         receiver_app = web.Application()
         receiver_app.router.add_post("/hooks", receiver.handle)
@@ -193,7 +192,10 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
 
         watcher = asyncio.create_task(watch())
         started = time.perf_counter()
+        worker: subprocess.Popen[bytes] | None = None
         try:
+            # Started inside the `try`, so that a stop signal at any point after still stops it.
+            worker = subprocess.Popen([sys.executable, "-m", "intent", "worker"], env=environment)
             print("the worker starts and joins its consumer group (about 15 s) ...", flush=True)
             subscription = await subscribe(
                 f"http://127.0.0.1:{web_port}", token, f"http://127.0.0.1:{receiver_port}/hooks", timeout
@@ -212,11 +214,12 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
             watcher.cancel()
             await consumer.stop()
             await runner.cleanup()
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            if worker is not None:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
         elapsed = time.perf_counter() - started
 
     webhooks = [w for w in receiver.received if w.get("type") == "intent.changed"]

@@ -111,7 +111,7 @@ def event_from_dict(body: dict[str, Any], message_id_fallback: str | None = None
     message_id = _identifier(body, "messageId", "messageId") or message_id_fallback
     if message_id is None:
         raise InvalidEvent("messageId: required")
-    timestamp = _timestamp(body.get("timestamp"))
+    timestamp = parse_time(body.get("timestamp"))
 
     properties = _object(body, "properties")
     context = _object(body, "context")
@@ -178,15 +178,16 @@ def _lower(value: str | None) -> str | None:
     return value.lower() if value else None
 
 
-def _timestamp(value: Any) -> float:
+def parse_time(value: Any, field: str = "timestamp") -> float:
+    """An ISO-8601 time (UTC if it names no zone) as seconds since the epoch; `field` names it in errors."""
     if value is None:
-        raise InvalidEvent("timestamp: required (ISO-8601)")
+        raise InvalidEvent(f"{field}: required (ISO-8601)")
     if not isinstance(value, str):
-        raise InvalidEvent(f"timestamp: expected an ISO-8601 string, got {type(value).__name__}")
+        raise InvalidEvent(f"{field}: expected an ISO-8601 string, got {type(value).__name__}")
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidEvent(f"timestamp: not ISO-8601: {value[:40]!r}") from None
+        raise InvalidEvent(f"{field}: not ISO-8601: {value[:40]!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()

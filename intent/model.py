@@ -111,7 +111,28 @@ class IntentModel:
                     f"{path}: sha256 {actual[:12]}… does not match metadata {expected[:12]}…; "
                     "the file was changed after export: re-export the model"
                 )
-        return cls(directory, metadata, threads)
+        model = cls(directory, metadata, threads)
+        model.probe()
+        return model
+
+    def probe(self) -> None:
+        """One inference on a blank event, checked: raises `ModelError` unless the step model answers
+        a probability distribution over this model's intents and a state of its recorded size.
+
+        A model that loads is then known to serve, rather than failing on the first real event.
+        """
+        features = np.zeros((1, len(FEATURE_COLUMNS)), dtype=np.int64)
+        try:
+            probabilities, hidden = self.step(features, self.initial_hidden())
+        except Exception as error:  # onnxruntime's own errors, or outputs that are not a pair
+            raise ModelError(f"{self.directory}: {STEP_FILE} does not answer a probe inference: {error}") from error
+        if probabilities.shape != (1, len(self.intent_ids)) or hidden.shape != (1, self.hidden_size):
+            raise ModelError(
+                f"{self.directory}: {STEP_FILE} answered shapes {probabilities.shape} and {hidden.shape} "
+                f"to a probe, not (1, {len(self.intent_ids)}) intents and (1, {self.hidden_size}) state"
+            )
+        if not np.isfinite(probabilities).all() or abs(float(probabilities.sum()) - 1.0) > 1e-3:
+            raise ModelError(f"{self.directory}: {STEP_FILE} answered a probe with no probability distribution")
 
     def sequence_probabilities(self, features: np.ndarray) -> np.ndarray:
         """features (batch, time, columns) int64 -> probabilities (batch, time, intents)."""

@@ -78,6 +78,11 @@ FREQUENCY_CAPS_REMOVED = Counter(
 COLLECTOR_MESSAGES = Counter(
     "intent_collector_messages_total", "Messages the collector took, by outcome.", ["outcome"], registry=REGISTRY
 )
+COLLECTOR_IDENTITIES_EVICTED = Counter(
+    "intent_collector_identities_evicted_total",
+    "anonymousId -> userId links a collector forgot to stay within INTENT_COLLECTOR_MAX_IDENTITIES.",
+    registry=REGISTRY,
+)
 
 
 def reason_kind(reason: str) -> str:

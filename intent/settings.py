@@ -131,6 +131,17 @@ class Settings(BaseSettings):
     collector_dedup_max_ids: int = Field(1_000_000, description="Most messageIds remembered for de-duplication.")
     collector_max_message_bytes: int = Field(32_768, description="Largest message the collector accepts.")
     collector_max_batch_bytes: int = Field(512_000, description="Largest call (batch) the collector accepts.")
+    collector_rate_limit_per_second: float = Field(
+        2_000.0,
+        description="Events a second each write key may send on average (a token bucket; calls over it "
+        "are answered 429 with `Retry-After`); 0: no limit.",
+    )
+    collector_rate_limit_burst: int = Field(10_000, description="Events a write key may send at once, above its rate.")
+    collector_max_identities: int = Field(
+        1_000_000,
+        description="anonymousId -> userId links each collector keeps in memory; the oldest go first "
+        "(the identities topic keeps them all).",
+    )
     identities_topic: str = Field(
         "shopper-identities", description="Compacted topic of anonymousId -> userId links from identify calls."
     )

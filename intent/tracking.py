@@ -27,7 +27,7 @@ from intent.detector import DetectorState, ShiftDetector
 from intent.events import ShopperEvent
 from intent.features import FEATURE_COLUMNS, OUT_OF_VOCABULARY
 from intent.history import PurchaseHistory, RankingWeights, category_scores
-from intent.model import NEXT_BASKET, IntentModel
+from intent.model import NEXT_BASKET, IntentModel, ModelError
 from intent.stores import KeyValueStore
 from intent.window import Window, WindowPolicy, expand, parse_records, session_key
 
@@ -85,15 +85,32 @@ class IntentTracker:
         self.detector = ShiftDetector(model.detector_config, model.browsing_index)
         self.ranking = _ranking(model)
         self.event_time = 0.0  # the latest event time seen: the stream's clock for expiry
+        self.model_problem: str | None = None  # why the last model activation failed
         self.stats = TrackerStats()
         self._dirty_sessions: dict[str, Window] = {}
         self._dirty_shoppers: dict[str, Window] = {}
 
     def activate(self, model: IntentModel) -> None:
-        """Serve a new model version; windows are re-encoded with it when next touched."""
+        """Serve a new model version; windows are re-encoded with it when next touched.
+
+        The model must answer a probe inference first. If it does not, `ModelError` is raised, the
+        previous model goes on serving, and `model_ready` is False (the worker's `/readyz` says not
+        ready, so a rollout stops there) until a model that answers is activated.
+        """
+        try:
+            model.probe()
+        except ModelError as error:
+            self.model_problem = str(error)
+            raise
         self.model = model
         self.detector = ShiftDetector(model.detector_config, model.browsing_index)
         self.ranking = _ranking(model)
+        self.model_problem = None
+
+    @property
+    def model_ready(self) -> bool:
+        """The served model loaded and answered its probe, and no activation since failed."""
+        return self.model_problem is None
 
     def process(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -19,9 +20,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from intent import observability
 from intent.broker import EmbeddedBroker, free_port
-from intent.collector import DuplicateFilter, create_collector_app
-from intent.events import OTHER_EVENT, event_from_dict
+from intent.collector import DuplicateFilter, RateLimit, create_collector_app
+from intent.events import OTHER_EVENT, event_from_dict, iso_time, parse_time
 from intent.kafka import ensure_topics, producer
 from intent.loadgen import send_load, simulated_messages
 from intent.settings import Settings
@@ -114,7 +116,19 @@ async def topic_records(
 
 
 def by_message_id(records: list[tuple[bytes, dict[str, Any]]]) -> dict[str, tuple[bytes, dict[str, Any]]]:
-    return {record["messageId"]: (key, record) for key, record in records}
+    """The records by messageId, each as its sender sent it (see `as_sent`)."""
+    return {record["messageId"]: (key, as_sent(record)) for key, record in records}
+
+
+def as_sent(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without what the collector adds on arrival, as Segment does: `receivedAt`, and for a
+    message sent with `sentAt` (its own or its batch's) the clock correction of its timestamp."""
+    sent = dict(record)
+    assert parse_time(sent.pop("receivedAt"), "receivedAt") > 0
+    if "originalTimestamp" in sent:
+        sent["timestamp"] = sent.pop("originalTimestamp")
+        del sent["sentAt"]
+    return sent
 
 
 # --- write keys ---------------------------------------------------------------------------------
@@ -275,7 +289,129 @@ async def test_a_page_call_becomes_a_page_viewed_event_the_worker_keeps_as_other
     assert set(records) == {"page-1", "page-2"}
 
 
-# --- de-duplication -----------------------------------------------------------------------------
+# --- clocks -------------------------------------------------------------------------------------
+
+HOUR = 3600.0
+
+
+@pytest.mark.integration
+async def test_a_client_clock_an_hour_ahead_is_corrected_by_the_time_the_call_arrived(collector: Collector) -> None:
+    http, settings = collector
+    client_now = time.time() + HOUR  # the shopper's clock is an hour fast
+    viewed_two_seconds_ago = iso_time(client_now - 2)
+    message = track("fast-clock", timestamp=viewed_two_seconds_ago, sentAt=iso_time(client_now))
+    before = time.time()
+    assert (await http.post("/v1/track", json=message, headers=AUTH)).status == 200
+    after = time.time()
+
+    [(_, record)] = await topic_records(settings)
+    received = parse_time(record["receivedAt"])
+    assert before - 0.01 <= received <= after + 0.01  # the collector's clock, to the millisecond
+    assert parse_time(record["timestamp"]) == pytest.approx(received - 2, abs=0.01)
+    assert record["originalTimestamp"] == viewed_two_seconds_ago
+    assert event_from_dict(record).timestamp == pytest.approx(received - 2, abs=0.01)  # what the worker reads
+
+
+@pytest.mark.integration
+async def test_a_batchs_sent_at_corrects_each_of_its_messages_unless_one_says_its_own(collector: Collector) -> None:
+    http, settings = collector
+    client_now = time.time() + HOUR
+    batch = {
+        "sentAt": iso_time(client_now),
+        "batch": [
+            track("first", timestamp=iso_time(client_now - 30)),
+            track("second", timestamp=iso_time(client_now - 10)),
+            track("own-clock", timestamp=iso_time(client_now - 5), sentAt=iso_time(client_now - HOUR)),
+            track("no-timestamp", timestamp=None),
+        ],
+    }
+    assert (await (await http.post("/v1/batch", json=batch, headers=AUTH)).json())["accepted"] == 4
+
+    records = {record["messageId"]: record for _, record in await topic_records(settings)}
+    received = parse_time(records["first"]["receivedAt"])
+    ages = {message_id: received - parse_time(record["timestamp"]) for message_id, record in records.items()}
+    assert ages == pytest.approx(
+        {"first": 30.0, "second": 10.0, "own-clock": 5.0 - HOUR, "no-timestamp": 0.0}, abs=0.01
+    )
+    assert records["first"]["sentAt"] == batch["sentAt"]
+    assert "originalTimestamp" not in records["no-timestamp"]  # the collector's own time needs no correction
+
+
+@pytest.mark.integration
+async def test_without_sent_at_the_timestamp_is_kept_and_the_arrival_is_recorded(collector: Collector) -> None:
+    http, settings = collector
+    assert (await http.post("/v1/track", json=track("no-sent-at"), headers=AUTH)).status == 200
+    [(_, record)] = await topic_records(settings)
+    assert record["timestamp"] == track("no-sent-at")["timestamp"]
+    assert "originalTimestamp" not in record and parse_time(record["receivedAt"]) > 0
+
+
+@pytest.mark.integration
+async def test_a_sent_at_that_is_not_a_time_rejects_its_message_with_the_reason(collector: Collector) -> None:
+    http, settings = collector
+    batch = {"batch": [track("bad-clock", sentAt="yesterday"), track("far", sentAt="9999-12-31T00:00:00Z")]}
+    response = await http.post("/v1/batch", json=batch, headers=AUTH)
+    assert response.status == 400
+    assert [(r["messageId"], r["reason"]) for r in (await response.json())["rejected"]] == [
+        ("bad-clock", "sentAt: not ISO-8601: 'yesterday'"),
+        ("far", "sentAt: the timestamp corrected by it is out of range"),
+    ]
+    assert await topic_records(settings) == []
+
+
+@pytest.mark.integration
+async def test_a_message_the_clock_correction_takes_over_the_workers_limit_is_rejected_not_dead_lettered(
+    collector: Collector,
+) -> None:
+    http, settings = collector
+    message = track("just-under", sentAt="2026-01-28T11:00:01Z", context={"note": ""})
+    message["context"]["note"] = "x" * (settings.max_event_bytes - len(orjson.dumps(message)) - 10)
+    # sent compact, as orjson writes it: under the limit as sent
+    response = await http.post("/v1/track", data=orjson.dumps(message), headers=AUTH)
+    assert response.status == 400
+    assert (await response.json())["message"].startswith("a message is limited to 32768 bytes with the fields")
+    message["context"]["note"] = message["context"]["note"][:-200]
+    assert (await http.post("/v1/track", data=orjson.dumps(message), headers=AUTH)).status == 200
+
+
+# --- rate limit ---------------------------------------------------------------------------------
+
+
+def test_the_rate_limit_counts_events_and_refills_at_its_rate() -> None:
+    limit = RateLimit(rate=10.0, burst=20)
+    assert limit.take("key", 20, now=0.0) == 0.0  # the burst at once
+    assert limit.take("key", 1, now=0.0) == pytest.approx(0.1)  # then nothing taken: wait 0.1 s
+    assert limit.take("other key", 20, now=0.0) == 0.0  # each key has its own bucket
+    assert limit.take("key", 5, now=0.5) == 0.0  # refilled at 10 a second
+    assert limit.take("key", 1, now=0.5) == pytest.approx(0.1)
+    assert limit.take("key", 500, now=100.0) == 0.0  # a call over the burst costs the burst
+    assert RateLimit(rate=0.0, burst=0).take("key", 10**6, now=0.0) == 0.0  # rate 0: no limit
+
+
+def rate_limited_messages() -> float:
+    return observability.REGISTRY.get_sample_value("intent_collector_messages_total", {"outcome": "rate_limited"}) or 0
+
+
+@pytest.mark.integration
+async def test_a_write_key_over_its_rate_is_answered_429_with_retry_after_and_nothing_is_taken(
+    start_collector: StartCollector,
+) -> None:
+    other_key = {"Authorization": "Basic " + base64.b64encode(b"other-key:").decode()}
+    limited_before = rate_limited_messages()
+    async with start_collector(collector_rate_limit_per_second=1.0, collector_rate_limit_burst=20) as (http, settings):
+        burst = {"batch": [track(f"m{n}") for n in range(20)]}
+        assert (await http.post("/v1/batch", json=burst, headers=AUTH)).status == 200
+        response = await http.post("/v1/batch", json={"batch": [track(f"over-{n}") for n in range(5)]}, headers=AUTH)
+        assert response.status == 429
+        assert response.headers["Retry-After"] == "5"  # 5 events at 1 a second
+        assert (await response.json())["code"] == "rate_limited"
+        assert (await http.post("/v1/track", json=track("single"), headers=AUTH)).status == 429
+        assert (await http.post("/v1/track", json=track("other-key"), headers=other_key)).status == 200
+    assert rate_limited_messages() - limited_before == 6
+    assert {record["messageId"] for _, record in await topic_records(settings)} == {
+        *(f"m{n}" for n in range(20)),
+        "other-key",
+    }
 
 
 @pytest.mark.integration
@@ -409,6 +545,37 @@ async def test_an_identify_without_a_user_is_rejected_and_one_without_a_visitor_
     assert key == b"anon-1" and "userId" not in record
 
 
+def evicted_identities() -> float:
+    return observability.REGISTRY.get_sample_value("intent_collector_identities_evicted_total") or 0
+
+
+@pytest.mark.integration
+async def test_the_collector_keeps_the_newest_identity_links_and_the_topic_keeps_them_all(
+    start_collector: StartCollector,
+) -> None:
+    evicted_before = evicted_identities()
+    async with start_collector(collector_max_identities=2) as (http, settings):
+        for number in (1, 2, 3):
+            linked = identify(f"id-{number}", f"anon-{number}", f"user-{number}")
+            assert (await http.post("/v1/identify", json=linked, headers=AUTH)).status == 200
+        for number in (1, 3):
+            sent = track(f"after-{number}", anonymousId=f"anon-{number}")
+            assert (await http.post("/v1/track", json=sent, headers=AUTH)).status == 200
+    assert evicted_identities() - evicted_before == 1
+    keys = {message_id: key for message_id, (key, _) in by_message_id(await topic_records(settings)).items()}
+    assert keys == {"after-1": b"anon-1", "after-3": b"user-3"}  # the oldest link was forgotten
+    links = await topic_records(settings, topic=settings.identities_topic, decode=bytes)
+    assert len(links) == 3
+    # a collector started on the topic keeps the newest links of it
+    same_topics = {"events_topic": settings.events_topic, "identities_topic": settings.identities_topic}
+    async with start_collector(collector_max_identities=2, **same_topics) as (http, _):
+        assert (
+            await http.post("/v1/track", json=track("restarted-2", anonymousId="anon-2"), headers=AUTH)
+        ).status == 200
+    keys = {message_id: key for message_id, (key, _) in by_message_id(await topic_records(settings)).items()}
+    assert keys["restarted-2"] == b"user-2"
+
+
 # --- delivery -----------------------------------------------------------------------------------
 
 
@@ -538,6 +705,7 @@ message_like = st.fixed_dictionaries(
         "userId": st.text(max_size=8) | json_values,
         "anonymousId": st.text(max_size=8) | json_values,
         "timestamp": timestamps,
+        "sentAt": timestamps,
         "properties": json_values,
         "context": json_values,
         "writeKey": st.just(KEY) | json_values,
@@ -546,7 +714,7 @@ message_like = st.fixed_dictionaries(
 bodies = st.one_of(
     json_values,
     message_like,
-    st.fixed_dictionaries({"batch": st.lists(message_like | json_values, max_size=5)}),
+    st.fixed_dictionaries({"batch": st.lists(message_like | json_values, max_size=5)}, optional={"sentAt": timestamps}),
     st.binary(max_size=40),
 )
 
