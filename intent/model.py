@@ -117,13 +117,15 @@ class IntentModel:
 
     def probe(self) -> None:
         """One inference on a blank event, checked: raises `ModelError` unless the step model answers
-        a probability distribution over this model's intents and a state of its recorded size.
+        probabilities over this model's intents (a distribution for a current-intent model, each in
+        [0, 1] for a next-basket one, plus one per category of its category head) and a state of its
+        recorded size.
 
         A model that loads is then known to serve, rather than failing on the first real event.
         """
         features = np.zeros((1, len(FEATURE_COLUMNS)), dtype=np.int64)
         try:
-            probabilities, hidden = self.step(features, self.initial_hidden())
+            probabilities, hidden, categories = self.step_outputs(features, self.initial_hidden())
         except Exception as error:  # onnxruntime's own errors, or outputs that are not a pair
             raise ModelError(f"{self.directory}: {STEP_FILE} does not answer a probe inference: {error}") from error
         if probabilities.shape != (1, len(self.intent_ids)) or hidden.shape != (1, self.hidden_size):
@@ -131,7 +133,18 @@ class IntentModel:
                 f"{self.directory}: {STEP_FILE} answered shapes {probabilities.shape} and {hidden.shape} "
                 f"to a probe, not (1, {len(self.intent_ids)}) intents and (1, {self.hidden_size}) state"
             )
-        if not np.isfinite(probabilities).all() or abs(float(probabilities.sum()) - 1.0) > 1e-3:
+        if self.target == NEXT_BASKET:
+            if categories is None or categories.shape != (1, len(self.categories)):
+                raise ModelError(
+                    f"{self.directory}: {STEP_FILE} answered no probability for each of its "
+                    f"{len(self.categories)} categories"
+                )
+            outputs = np.concatenate([probabilities, categories], axis=1)
+            if not np.isfinite(outputs).all() or outputs.min() < 0 or outputs.max() > 1:
+                raise ModelError(
+                    f"{self.directory}: {STEP_FILE} answered a probe with values that are no probabilities"
+                )
+        elif not np.isfinite(probabilities).all() or abs(float(probabilities.sum()) - 1.0) > 1e-3:
             raise ModelError(f"{self.directory}: {STEP_FILE} answered a probe with no probability distribution")
 
     def sequence_probabilities(self, features: np.ndarray) -> np.ndarray:
