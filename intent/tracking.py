@@ -41,7 +41,10 @@ class _Step:
     scope: str
     key: str
     features: list[int]
-    window_lines: list[bytes]  # the window's serialized records as they were after this event
+    # the window's serialized records after this event: the first `window_length` of `window_lines`
+    # (windows only append to a list or replace it, never cut one in place, so no copy is needed)
+    window_lines: list[bytes]
+    window_length: int
 
 
 @dataclass
@@ -156,7 +159,7 @@ class IntentTracker:
             steps_per_window[id(state)] += 1
             if position == len(rounds):
                 rounds.append([])
-            rounds[position].append(_Step(event, state, scope, state_key, features, list(state.lines)))
+            rounds[position].append(_Step(event, state, scope, state_key, features, state.lines, len(state.lines)))
 
         changes = [change for steps in rounds for change in self._run_round(steps)]
         self.stats.events += len(events)
@@ -195,7 +198,7 @@ class IntentTracker:
                 shift = self.detector.update(detector_state, distribution)
                 window.detector = detector_state.to_list()
             if shift is not None:
-                window_events = parse_records(step.window_lines)
+                window_events = parse_records(step.window_lines[: step.window_length])
                 change = build_intent_changed(
                     model=self.model,
                     shift=shift,

@@ -182,7 +182,9 @@ class WindowPolicy:
 
     def add_to_session(self, window: Window, event: ShopperEvent, now: float) -> None:
         self._append(window, event, now)
-        del window.lines[: -self.session_events]
+        if len(window.lines) > self.session_events:
+            # a new list, not a cut in place: the tracker holds the old one as this moment's evidence
+            window.lines = window.lines[-self.session_events :]
 
     @staticmethod
     def touch_session(window: Window, event: ShopperEvent, now: float) -> None:
@@ -198,7 +200,9 @@ class WindowPolicy:
         keep_from = 0  # the first event within the span: usually the first one, one parse
         while keep_from < len(lines) and orjson.loads(lines[keep_from])["t"] < oldest:
             keep_from += 1
-        del lines[: max(keep_from, len(lines) - self.shopper_events)]
+        drop = max(keep_from, len(lines) - self.shopper_events)
+        if drop:
+            window.lines = lines[drop:]  # a new list: see add_to_session
 
     @classmethod
     def _append(cls, window: Window, event: ShopperEvent, now: float) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 from intent.datasets.baskets import Basket, visit_events
 from intent.detector import DetectorConfig, ShiftDetector
 from intent.domain import Domain, check_model_domain, load_domain
-from intent.events import event_from_dict, normalise_category
+from intent.events import ShopperEvent, event_from_dict, normalise_category
 from intent.features import Featurizer, build_vocabulary
 from intent.history import PurchaseHistory, RankingWeights, category_scores, intent_scores
 from intent.model import IntentModel
@@ -39,6 +39,7 @@ from intent.stores import DictStore
 from intent.suggest import CROWD_SPAN, CrowdCounts, MerchandisingRules, Suggester
 from intent.taxonomy import DOMAINS_DIR, Product
 from intent.tracking import IntentTracker
+from intent.window import Window
 from training.export import export_model
 from training.network import NextBasketGRU
 from training.nextbasket import (
@@ -251,13 +252,19 @@ def household_weeks(baskets: Sequence[Basket], since: float, until: float) -> fl
     return sum((until - max(start, since)) / (7 * 86400) for start in first.values())
 
 
+# The crowd's ties halve every 72 hours and are pruned under 0.05 (after about 13 days), so what it
+# learnt more than this long before a change cannot reach that change's suggestions: the replay lets
+# it learn from here on only (its per-order learning is most of the replay's cost).
+CROWD_MEMORY_DAYS = 30.0
+
+
 def replay_through_tracker(
-    model: IntentModel, domain: Domain, baskets: Sequence[Basket], batch_events: int = 500
+    model: IntentModel, domain: Domain, baskets: Sequence[Basket], suggest_from: float, batch_events: int = 500
 ) -> tuple[list[dict[str, Any]], float]:
     """Every basket as the stream's events through `IntentTracker` (dict stores, the domain's window
-    policy, expiry swept as the worker does), suggestions made as the worker makes them (the crowd
-    learning from the replay); returns the IntentChanged events (with `suggestions`) and events per
-    second."""
+    policy, expiry swept as the worker does), suggestions made as the worker makes them for the
+    changes from `suggest_from` on (the crowd learning from CROWD_MEMORY_DAYS before it); returns
+    the IntentChanged events (with `suggestions` where made) and events per second."""
     clock = {"now": 0.0}
     crowd = CrowdCounts(CROWD_HALF_LIFE_HOURS * 3600)
     suggester = Suggester(
@@ -267,11 +274,17 @@ def replay_through_tracker(
     def with_suggestions(
         change: dict[str, Any], window_events: list[dict[str, Any]], category_scores: Mapping[str, float] | None
     ) -> dict[str, Any]:
+        if window_events[-1]["t"] < suggest_from:
+            return change
         intent = change["to_intent"]["id"]
         return {
             **change,
             "suggestions": suggester.suggest(intent, window_events, window_events[-1]["t"], category_scores),
         }
+
+    def learn(event: ShopperEvent, window: Window) -> None:
+        if event.timestamp >= suggest_from - CROWD_MEMORY_DAYS * 86400:
+            crowd.learn(event, window.tail(CROWD_SPAN))
 
     tracker = IntentTracker(
         model,
@@ -279,7 +292,7 @@ def replay_through_tracker(
         DictStore(),
         DictStore(),
         clock=lambda: clock["now"],
-        observe_event=lambda event, window: crowd.learn(event, window.tail(CROWD_SPAN)),
+        observe_event=learn,
         enrich_change=with_suggestions,
     )
     changes: list[dict[str, Any]] = []
@@ -563,7 +576,7 @@ def evaluate_purchase_model(model_dir: Path, dataset: str, split: Split) -> dict
         extra_intent_rows={"model": intent_ranked, "model_without_its_term": intent_ablation},
     )
     print(f"next-basket rows scored ({time.perf_counter() - started:.0f} s); replaying the log through the tracker ...")
-    changes, events_per_second = replay_through_tracker(model, domain, log.baskets)
+    changes, events_per_second = replay_through_tracker(model, domain, log.baskets, split.test_seconds)
     shifts = shift_report(changes, log, split)
     suggestions = suggestion_report(changes, log.baskets, domain.catalogue, split, domain)
     real = {
