@@ -60,9 +60,9 @@ RECENCY_DECAY = 0.98
 POPULARITY_WEIGHT = 0.3
 DETECTOR_GRID = tuple(
     DetectorConfig(enter, confirm, 1.01, "lift", lift, rate)
-    for enter in (0.05, 0.1, 0.2, 0.3)
+    for enter in (0.03, 0.05, 0.1, 0.2)
     for confirm in (1, 2)
-    for lift in (2.0, 3.0, 5.0, 8.0)
+    for lift in (1.5, 2.0, 3.0, 5.0)
     for rate in (0.005, 0.02)
 )
 # validation (three weeks judged) needs this many changes for a setting to count: at the same rate
