@@ -261,13 +261,21 @@ def test_consent_is_given_and_the_segment_travels_in_the_context(journey: Path) 
 def test_the_catalogue_holds_the_categorised_products_sold_at_their_median_unit_price(journey: Path) -> None:
     catalogue = completejourney_products(journey)
     assert [(p.product_id, p.sku, p.category, p.brand, p.in_stock) for p in catalogue] == [
-        ("1001", "1001", "COFFEE", "National", True),
-        ("1002", "1002", "TEAS", "Private", True),
-        ("1003", "1003", "COLD AND FLU", "National", True),
+        ("1001", "1001", "coffee", "National", True),
+        ("1002", "1002", "teas", "Private", True),
+        ("1003", "1003", "cold and flu", "National", True),
     ]
     # 1001: 5.00, 12.00 / 3, 6.00; 1002: 3.00 / 2, 2.00, 2.50 (quantity 0); 1003: 4.00 (the unpaid line left out)
     assert [p.price for p in catalogue] == [5.0, 2.0, 4.0]
     assert [p.name for p in catalogue] == ["Ground coffee, 12 oz", "Tea bags, 20 ct", "Cold remedies"]
+    # the share of the six baskets that held each: 1001 in 10, 30, 12; 1002 in 10, 20, 21; 1003 in 10, 11
+    assert [p.popularity for p in catalogue] == [0.5, 0.5, 0.333333]
+
+
+def test_the_catalogues_popularity_counts_only_the_baskets_before_its_cut_off(journey: Path) -> None:
+    catalogue = completejourney_products(journey, popularity_before=seconds(at(3, 0)))
+    # baskets 10, 30 and 20 come before 3 January: 1001 in two, 1002 in two, 1003 in one
+    assert [p.popularity for p in catalogue] == [0.666667, 0.666667, 0.333333]
 
 
 def test_completejourney_is_a_replay_format_read_by_dataset_events(journey: Path) -> None:
