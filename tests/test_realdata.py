@@ -70,8 +70,8 @@ def test_the_tracker_keeps_a_next_basket_shoppers_purchase_memory_and_ranks_cate
     tracker.process(events, [(0, offset) for offset in range(len(events))])
     tracker.save()
     window = Window.from_bytes(shoppers.get("cj-1"))
-    # four baskets ended: milk in the first two (0.98 and 0.98 ** 2 ago), coffee once
-    assert window.purchases["c"]["fluid milk products"] == pytest.approx(0.98**2 + 0.98, abs=1e-3)
+    # four baskets ended: milk in the first two (3 and 2 baskets ago), coffee in the second, baby in the last two
+    assert window.purchases["c"]["fluid milk products"] == pytest.approx(0.98**3 + 0.98**2, abs=1e-3)
     assert window.purchases["c"]["coffee"] == pytest.approx(0.98**2, abs=1e-3)
     assert window.purchases["i"]["baby_care"] == pytest.approx(1 + 0.98, abs=1e-3)
     for scores in seen:  # every change of a known shopper carries the category ranking
