@@ -32,7 +32,7 @@ from intent.domain import (
     effective_window_policy,
     load_domain,
 )
-from intent.events import InvalidEvent, ShopperEvent, iso_time, parse_event
+from intent.events import InvalidEvent, ShopperEvent, check_not_ahead, iso_time, parse_event
 from intent.model import IntentModel
 from intent.policy import DeliveryPolicy, webhook_payload
 from intent.settings import Settings
@@ -221,6 +221,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         observe_inference=metrics.INFERENCE_SECONDS.observe,
         observe_event=observe_event,
         enrich_change=enrich_change,
+        max_windows=settings.max_tracked_shoppers,
     )
     metrics.ACTIVE_SESSIONS.set_function(lambda: len(sessions.data))
     metrics.ACTIVE_SHOPPERS.set_function(lambda: len(shoppers.data))
@@ -324,7 +325,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         @app.agent(events_topic, name="key-events-by-shopper")
         async def key_events_by_shopper(stream: faust.StreamT) -> None:
             async for batch in stream.take_events(settings.batch_max_events, settings.batch_max_seconds):
-                for event, parsed in _parse_batch(batch, settings):
+                for event, parsed in _parse_batch(batch, settings, tracker.clock()):
                     if isinstance(parsed, ShopperEvent):
                         await source.send(key=parsed.shopper_id.encode(), value=event.value)
                     else:
@@ -373,8 +374,8 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
     return worker
 
 
-def _parse_batch(batch: list[EventT], settings: Settings) -> Iterator[tuple[EventT, ShopperEvent | str]]:
-    """Each event with its parsed form, or the reason it was rejected."""
+def _parse_batch(batch: list[EventT], settings: Settings, now: float) -> Iterator[tuple[EventT, ShopperEvent | str]]:
+    """Each event with its parsed form, or the reason it was rejected; `now` is the worker's clock."""
     for event in batch:
         raw = event.value
         message = event.message
@@ -384,9 +385,12 @@ def _parse_batch(batch: list[EventT], settings: Settings) -> Iterator[tuple[Even
             yield event, f"event of {len(raw)} bytes is over the limit of {settings.max_event_bytes}"
         else:
             try:
-                yield event, parse_event(raw, f"{message.topic}/{message.partition}/{message.offset}")
+                parsed = parse_event(raw, f"{message.topic}/{message.partition}/{message.offset}")
+                check_not_ahead(parsed, now, settings.max_event_ahead_seconds)
             except InvalidEvent as error:
                 yield event, error.reason
+            else:
+                yield event, parsed
 
 
 def _assigned_partitions(app: faust.App, topic: faust.TopicT) -> set[int]:
@@ -412,7 +416,7 @@ async def handle_batch(worker: IntentWorker, batch: list[EventT]) -> None:
     metrics.EVENTS_IN.inc(len(batch))
     metrics.MICRO_BATCH_EVENTS.observe(len(batch))
     accepted: list[tuple[EventT, ShopperEvent]] = []
-    for event, parsed in _parse_batch(batch, worker.settings):
+    for event, parsed in _parse_batch(batch, worker.settings, worker.tracker.clock()):
         worker.read_offsets[event.message.partition] = event.message.offset
         if isinstance(parsed, ShopperEvent):
             accepted.append((event, parsed))

@@ -37,8 +37,11 @@ def build_intent_changed(
     window_key: str,
     window_events: Sequence[dict[str, Any]],
     segment: str | None,
+    personalization_allowed: bool | None,
     detected_at: float | None = None,
 ) -> dict[str, Any]:
+    """`personalization_allowed` is the shopper's latest explicit choice: the event's, or when the
+    event says nothing, the one its window remembers (None: never stated)."""
     intents = model.intents
     top = np.argsort(-probabilities)[:TOP_INTENTS]
     new = intents[shift.to_intent]
@@ -76,7 +79,7 @@ def build_intent_changed(
             for record in window_events[-EVIDENCE_EVENTS:]
         ],
         "segment": segment,
-        "personalization_allowed": event.personalization_allowed,
+        "personalization_allowed": personalization_allowed,
         "model_version": model.version,
         "event_time": iso_time(event.timestamp),
         "detected_at": iso_time(time.time() if detected_at is None else detected_at),

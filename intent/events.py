@@ -193,6 +193,18 @@ def parse_time(value: Any, field: str = "timestamp") -> float:
     return moment.timestamp()
 
 
+def check_not_ahead(event: ShopperEvent, now: float, max_ahead_seconds: float) -> None:
+    """Raise InvalidEvent when `event` is dated more than `max_ahead_seconds` after `now` (the
+    worker's clock). Event time drives expiry, so an event dated years ahead would make every
+    window look idle; a replay of history is never ahead, so it passes."""
+    ahead = event.timestamp - now
+    if ahead > max_ahead_seconds:
+        raise InvalidEvent(
+            f"timestamp: {iso_time(event.timestamp)} is {ahead:.0f} s ahead of the worker's clock "
+            f"({iso_time(now)}), over the {max_ahead_seconds:g} s allowed (INTENT_MAX_EVENT_AHEAD_SECONDS)"
+        )
+
+
 def normalise_category(name: str) -> str:
     """Categories are compared as events carry them: stripped and lower-cased, so a merchant's
     `COFFEE` in a product feed, a category map or an event is one category."""

@@ -74,6 +74,13 @@ FREQUENCY_CAPS_REMOVED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+WINDOWS_EVICTED = Counter(
+    "intent_windows_evicted_total",
+    "Windows a worker forgot to stay within INTENT_MAX_TRACKED_SHOPPERS, least recently seen first, "
+    "by kind (session, shopper).",
+    ["kind"],
+    registry=REGISTRY,
+)
 
 COLLECTOR_MESSAGES = Counter(
     "intent_collector_messages_total", "Messages the collector took, by outcome.", ["outcome"], registry=REGISTRY

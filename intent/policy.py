@@ -1,7 +1,9 @@
 """Whether and how an intent change reaches subscribers: consent, frequency cap, holdout.
 
-- Not creepy: an intent flagged `sensitive` (health, baby, ...) is delivered only when the event's
-  consent explicitly allows personalization; any intent is suppressed when consent is refused.
+- Not creepy: an intent flagged `sensitive` (health, baby, ...) is delivered only when the shopper's
+  latest explicit consent allows personalization (the change's `personalization_allowed`: the
+  event's choice, or the one the shopper's window remembers when the event says nothing); any
+  intent is suppressed when consent is refused.
 - A frequency cap limits deliveries per shopper per period, counting each intent change (by id)
   once, so a change emitted again after a restart is not counted twice. Its state is one small
   value per shopper (the worker's `delivery-caps` table): the ids and event times of the changes

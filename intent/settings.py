@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     dead_letter_topic: str = Field("shopper-events-dlq", description="Topic of rejected input, with the reason.")
     topic_partitions: int = Field(4, description="Partitions of the topics the worker creates.")
     max_event_bytes: int = Field(32_768, description="Larger events are dead-lettered.")
+    max_event_ahead_seconds: float = Field(
+        300.0,
+        description="Events dated further ahead of the worker's clock are dead-lettered: a forged date "
+        "must not move the stream's clock (the collector has already corrected browsers' clock skew).",
+    )
+    max_tracked_shoppers: int = Field(
+        1_000_000,
+        description="Most shopper windows, and most session windows, a worker keeps; past it the expiry "
+        "sweep evicts the least recently seen first, so made-up shopper ids cannot exhaust its memory.",
+    )
     session_window_events: int | None = Field(
         None, description="Events kept per session; unset: the domain's `session_window_events`."
     )

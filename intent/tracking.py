@@ -9,10 +9,16 @@ Delivery is at-least-once, so a restarted worker may read events again whose eff
 windows already hold: each window records the input offset of its last event and skips replays.
 `process` computes; `save` writes the windows. The app saves only after the IntentChanged events
 are acknowledged, so a crash in between repeats a change (with the same id) but never loses one.
+
+`expire` sweeps idle windows away, judging each by the event clock of its own input partition
+(partitions are read at their own pace), and keeps the windows of each kind within a bound, the
+least recently seen evicted first, so made-up shopper ids cannot exhaust the worker's memory.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from intent import observability as metrics
 from intent.changes import EVIDENCE_EVENTS, build_intent_changed
 from intent.detector import DetectorState, ShiftDetector
 from intent.events import ShopperEvent
@@ -32,6 +39,8 @@ from intent.stores import KeyValueStore
 from intent.window import Window, WindowPolicy, expand, parse_records, session_key
 
 CATEGORY_COLUMN = FEATURE_COLUMNS.index("category")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -45,6 +54,7 @@ class _Step:
     # (windows only append to a list or replace it, never cut one in place, so no copy is needed)
     window_lines: list[bytes]
     window_length: int
+    personalization_allowed: bool | None  # the shopper's latest explicit choice as of this event
 
 
 @dataclass
@@ -56,6 +66,8 @@ class TrackerStats:
     replayed_events: int = 0
     expired_sessions: int = 0
     expired_shoppers: int = 0
+    evicted_sessions: int = 0
+    evicted_shoppers: int = 0
     batches: int = 0
     model_seconds: float = 0.0  # time inside onnxruntime
 
@@ -72,11 +84,13 @@ class IntentTracker:
         observe_event: Callable[[ShopperEvent, Window], None] | None = None,
         enrich_change: Callable[[dict[str, Any], list[dict[str, Any]], Mapping[str, float] | None], dict[str, Any]]
         | None = None,
+        max_windows: int | None = None,
     ) -> None:
         """`observe_event(event, window)` sees every new event with its window before it (the
         crowd counts learn from it); `enrich_change(change, window_events, category_scores)`
         returns the change to emit (suggestions and holdout are added there), given the window's
-        records and, for a next-basket model, this shopper's category ranking."""
+        records and, for a next-basket model, this shopper's category ranking. `max_windows`
+        bounds the session windows and the shopper windows each (None: no bound)."""
         self.model = model
         self.policy = policy
         self.sessions = sessions
@@ -85,9 +99,11 @@ class IntentTracker:
         self._observe_inference = observe_inference
         self._observe_event = observe_event
         self._enrich_change = enrich_change
+        self.max_windows = max_windows
         self.detector = ShiftDetector(model.detector_config, model.browsing_index)
         self.ranking = _ranking(model)
-        self.event_time = 0.0  # the latest event time seen: the stream's clock for expiry
+        # per input partition, the latest event time read from it: the partition's clock for expiry
+        self.event_clocks: dict[int, float] = {}
         self.model_problem: str | None = None  # why the last model activation failed
         self.stats = TrackerStats()
         self._dirty_sessions: dict[str, Window] = {}
@@ -127,8 +143,10 @@ class IntentTracker:
         shopper_windows = self._dirty_shoppers = {}
         rounds: list[list[_Step]] = []
         steps_per_window: dict[int, int] = defaultdict(int)
+        clocks = self.event_clocks
         for number, event in enumerate(events):
-            self.event_time = max(self.event_time, event.timestamp)
+            partition, offset = positions[number] if positions else (0, -1)
+            clocks[partition] = max(clocks.get(partition, 0.0), event.timestamp)
             key = session_key(event)
             session = self.policy.session_for(session_windows.get(key) or _load(self.sessions, key), event)
             session_windows[key] = session
@@ -138,12 +156,13 @@ class IntentTracker:
                 shopper_windows[state_key] = state
             else:
                 scope, state_key, state = "session", key, session
-            partition, offset = positions[number] if positions else (0, -1)
             if offset >= 0 and offset <= state.last_offset and partition == state.partition:
                 self.stats.replayed_events += 1
                 continue  # already in the restored window: applied before a restart
             session.partition = state.partition = partition
             session.last_offset = state.last_offset = offset
+            if event.personalization_allowed is not None:
+                state.personalization_allowed = event.personalization_allowed
             self._ensure_model_state(state)
             features = self.model.featurizer.encode(event, state.previous_timestamp())
             if self._observe_event is not None:
@@ -159,7 +178,18 @@ class IntentTracker:
             steps_per_window[id(state)] += 1
             if position == len(rounds):
                 rounds.append([])
-            rounds[position].append(_Step(event, state, scope, state_key, features, state.lines, len(state.lines)))
+            rounds[position].append(
+                _Step(
+                    event,
+                    state,
+                    scope,
+                    state_key,
+                    features,
+                    state.lines,
+                    len(state.lines),
+                    state.personalization_allowed,
+                )
+            )
 
         changes = [change for steps in rounds for change in self._run_round(steps)]
         self.stats.events += len(events)
@@ -208,6 +238,7 @@ class IntentTracker:
                     window_key=step.key,
                     window_events=window_events[-EVIDENCE_EVENTS:],
                     segment=step.event.segment or _last_segment(window),
+                    personalization_allowed=step.personalization_allowed,
                 )
                 if self._enrich_change is not None:
                     scores = None
@@ -238,22 +269,46 @@ class IntentTracker:
         window.model_version = self.model.version
 
     def expire(self) -> tuple[int, int]:
-        """Remove idle sessions and shoppers past their span; returns how many of each."""
+        """Remove idle sessions and shoppers past their span, then, past `max_windows` of a kind,
+        the least recently seen (counted in `stats` and `intent_windows_evicted_total`); returns
+        how many sessions and shoppers expired."""
         now = self.clock()
-        expired_sessions = self._expire(self.sessions, self.policy.session_expired, now)
-        expired_shoppers = self._expire(self.shoppers, self.policy.shopper_expired, now)
+        expired_sessions, evicted_sessions = self._sweep(self.sessions, self.policy.session_expired, now)
+        expired_shoppers, evicted_shoppers = self._sweep(self.shoppers, self.policy.shopper_expired, now)
         self.stats.expired_sessions += expired_sessions
         self.stats.expired_shoppers += expired_shoppers
+        self.stats.evicted_sessions += evicted_sessions
+        self.stats.evicted_shoppers += evicted_shoppers
+        metrics.WINDOWS_EVICTED.labels("session").inc(evicted_sessions)
+        metrics.WINDOWS_EVICTED.labels("shopper").inc(evicted_shoppers)
+        if evicted_sessions or evicted_shoppers:
+            log.warning(
+                "over the bound of %d windows of a kind: evicted the %d least recently seen sessions and %d shoppers",
+                self.max_windows,
+                evicted_sessions,
+                evicted_shoppers,
+            )
         return expired_sessions, expired_shoppers
 
-    def _expire(self, store: KeyValueStore, expired: Callable[[Window, float, float], bool], now: float) -> int:
-        count = 0
+    def _sweep(
+        self, store: KeyValueStore, expired: Callable[[Window, float, float], bool], now: float
+    ) -> tuple[int, int]:
+        """Expire the idle windows of `store`, then evict the excess; returns how many of each.
+        Removals write tombstones to the window's changelog partition (`store.delete`)."""
+        expired_count = 0
+        kept: list[tuple[float, str, int]] = []  # (last seen, key, partition) of each window kept
         for key, raw in store.items():
             window = Window.from_bytes(raw)
-            if expired(window, now, self.event_time):
+            # a partition without events since the start has no clock yet: only the wall clock judges
+            if expired(window, now, self.event_clocks.get(window.partition, 0.0)):
                 store.delete(key, window.partition)
-                count += 1
-        return count
+                expired_count += 1
+            elif self.max_windows is not None:
+                kept.append((window.last_seen, key, window.partition))
+        excess = 0 if self.max_windows is None else max(0, len(kept) - self.max_windows)
+        for _, key, partition in heapq.nsmallest(excess, kept):  # O(n log excess): no full sort
+            store.delete(key, partition)
+        return expired_count, excess
 
 
 @dataclass(frozen=True)

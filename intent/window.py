@@ -13,8 +13,10 @@ Two kinds of window:
   within `shopper_window_days`, so a drift across sessions (coffee on Monday, mint tea on
   Wednesday) is one sequence.
 The model and detector run on the shopper window for known shoppers, on the session window for
-anonymous ones. Expiry is explicit (`expired`), by wall clock or by event time, whichever says so
-first, because a replayed stream moves event time faster than the clock.
+anonymous ones. Expiry is explicit (`session_expired`, `shopper_expired`), by wall clock or by event
+time, whichever says so first, because a replayed stream moves event time faster than the clock. The
+event time is that of the window's own input partition: partitions are read at their own pace, and
+one that lags must not lose its windows to another's clock.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from intent.events import ShopperEvent
 # The event fields a window keeps, under short keys: what the featurization reads (so a new model
 # version of the same feature spec can re-encode the window), what IntentChanged shows as
 # evidence, and what suggestions need (products bought, prices seen). Ids, locale and consent are
-# left out: the window's key names the shopper, and consent is read from the triggering event.
+# left out: the window's key names the shopper, and the latest explicit consent is one field of the
+# window (`Window.personalization_allowed`), not one per event.
 # Windows are rewritten on every update, so their size is changelog traffic.
 _SHORT_KEYS: dict[str, str] = {
     "message_id": "m",
@@ -87,9 +90,17 @@ class Window:
     # a next-basket model's shopper window: decayed counts of the baskets that held each category
     # (`intent.history.PurchaseHistory`), forgotten with the window
     purchases: dict[str, Any] | None = None
+    # the shopper's latest explicit personalization choice (None: never stated), which an event that
+    # says nothing about consent inherits: a refusal holds until the shopper says otherwise
+    personalization_allowed: bool | None = None
 
     def to_bytes(self) -> bytes:
-        """A JSON header line, then one line per event record (orjson never writes a raw newline)."""
+        """A JSON header line, then one line per event record (orjson never writes a raw newline).
+        The optional fields close the header, written only up to the last one set: a header
+        without them, as stored before they existed, reads them as unset."""
+        optional = [self.purchases, self.personalization_allowed]
+        while optional and optional[-1] is None:
+            optional.pop()
         header = orjson.dumps(
             [
                 self.session_id,
@@ -100,7 +111,7 @@ class Window:
                 self.last_seen,
                 self.partition,
                 self.last_offset,
-                *([] if self.purchases is None else [self.purchases]),
+                *optional,
             ]
         )
         return b"\n".join([header, *self.lines])
@@ -210,7 +221,8 @@ class WindowPolicy:
         cls.touch_session(window, event, now)
 
     def session_expired(self, window: Window, now: float, event_time: float) -> bool:
-        """Idle for longer than a visit lasts, by the clock or by the stream's event time."""
+        """Idle for longer than a visit lasts, by the clock or by `event_time`, the event clock of
+        the window's partition."""
         idle = self.session_idle_seconds
         return now - window.last_seen > idle or event_time - window.last_event_time > idle
 

@@ -5,7 +5,7 @@ from typing import Any
 import orjson
 import pytest
 
-from intent.events import OTHER_EVENT, InvalidEvent, ShopperEvent, parse_event
+from intent.events import OTHER_EVENT, InvalidEvent, ShopperEvent, check_not_ahead, parse_event
 
 VALID: dict[str, Any] = {
     "type": "track",
@@ -131,3 +131,17 @@ def test_invalid_events_are_rejected_with_a_precise_reason(raw: bytes, reason: s
 
 def test_a_naive_timestamp_is_taken_as_utc() -> None:
     assert parse_event(with_changes(timestamp="2026-01-05T08:00:00")).timestamp == 1767600000.0
+
+
+def test_an_event_dated_too_far_ahead_of_the_workers_clock_is_rejected_with_how_far() -> None:
+    now = parse_event(orjson.dumps(VALID)).timestamp  # the worker's clock, injected
+    forged = parse_event(with_changes(timestamp="2999-01-01T00:00:00Z"))
+    with pytest.raises(InvalidEvent) as raised:
+        check_not_ahead(forged, now, max_ahead_seconds=300)
+    ahead = forged.timestamp - now
+    assert raised.value.reason == (
+        f"timestamp: 2999-01-01T00:00:00.000Z is {ahead:.0f} s ahead of the worker's clock "
+        "(2026-01-05T08:00:00.000Z), over the 300 s allowed (INTENT_MAX_EVENT_AHEAD_SECONDS)"
+    )
+    check_not_ahead(parse_event(with_changes(timestamp="2026-01-05T08:05:00Z")), now, 300)  # a small skew
+    check_not_ahead(parse_event(with_changes(timestamp="2019-10-01T00:00:00Z")), now, 300)  # history

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from intent.domain import load_domain
-from intent.events import iso_time
+from intent.events import event_from_dict, iso_time
 from intent.model import IntentModel
 from intent.observability import DELIVERIES_SUPPRESSED, FREQUENCY_CAPS_REMOVED
 from intent.policy import MAX_PAYLOAD_BYTES, CapEntry, DeliveryPolicy, webhook_payload
@@ -165,6 +165,36 @@ def story_changes(taxonomy, catalogue) -> list[tuple[dict, list[dict]]]:
     tracker.process(events, [(0, offset) for offset in range(len(events))])
     assert any(change["to_intent"]["id"] == "cold_flu_care" for change, _ in changes)
     return changes
+
+
+def story_told_with(first_choice: bool) -> list[dict]:
+    """The story's IntentChanged events when its first event states `first_choice` about
+    personalization and every later one says nothing."""
+    calls = coffee_tea_cold_story(Simulator(seed=0).world).events
+    for call in calls:
+        del call["context"]["consent"]
+    calls[0]["context"]["consent"] = {"categoryPreferences": {"Personalization": first_choice}}
+    tracker = IntentTracker(IntentModel.load(Settings().model_dir), WindowPolicy(), DictStore(), DictStore())
+    changes = []
+    for offset, call in enumerate(calls):  # one event a batch: the choice must survive the stored window
+        changes += tracker.process([event_from_dict(call)], [(0, offset)])
+        tracker.save()
+    return changes
+
+
+def test_a_refusal_holds_for_the_later_events_that_say_nothing_about_consent() -> None:
+    changes = story_told_with(first_choice=False)
+    assert {change["to_intent"]["id"] for change in changes} >= {"coffee_ritual", "cold_flu_care"}
+    assert all(change["personalization_allowed"] is False for change in changes)
+    decisions = [POLICY.decide(change, DictStore(), 0, 0) for change in changes]
+    assert [decision.reason for decision in decisions] == ["consent_refused"] * len(changes)
+
+
+def test_a_consent_holds_for_the_later_events_that_say_nothing_about_it() -> None:
+    changes = story_told_with(first_choice=True)
+    cold = next(change for change in changes if change["to_intent"]["id"] == "cold_flu_care")
+    assert cold["to_intent"]["sensitive"] and cold["personalization_allowed"] is True
+    assert POLICY.decide(cold, DictStore(), 0, 0).deliver
 
 
 @pytest.fixture(scope="module")

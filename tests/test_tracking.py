@@ -9,8 +9,9 @@ import numpy as np
 import orjson
 import pytest
 
-from intent.events import ShopperEvent, event_from_dict, iso_time
+from intent.events import InvalidEvent, ShopperEvent, check_not_ahead, event_from_dict, iso_time
 from intent.model import IntentModel
+from intent.observability import WINDOWS_EVICTED
 from intent.settings import REPO_DIR
 from intent.simulate import Simulator, coffee_tea_cold_story, parse_shopper
 from intent.stores import DictStore
@@ -221,3 +222,172 @@ def test_events_of_categories_the_model_never_saw_raise_no_intent_change(model: 
     assert run(tracker, unknown, batch=7) == []
     window = Window.from_bytes(tracker.shoppers.data["zoe"])
     assert len(window.lines) == 30 and window.hidden_state() is not None  # still tracked
+
+
+class TombstoneRecordingStore(DictStore):
+    """A dict store that also keeps each deletion's (key, changelog partition), as the worker's
+    table writes a tombstone there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tombstones: list[tuple[str, int]] = []
+
+    def delete(self, key: str, partition: int) -> None:
+        super().delete(key, partition)
+        self.tombstones.append((key, partition))
+
+
+def admit(raw: list[dict], now: float, max_ahead_seconds: float = 300.0) -> tuple[list[ShopperEvent], list[str]]:
+    """The worker's parsing and validation stage: the accepted events, and each rejection's reason."""
+    accepted, reasons = [], []
+    for body in raw:
+        try:
+            parsed = event_from_dict(body)
+            check_not_ahead(parsed, now, max_ahead_seconds)
+        except InvalidEvent as error:
+            reasons.append(error.reason)
+        else:
+            accepted.append(parsed)
+    return accepted, reasons
+
+
+def track_call(shopper: str, at: float, number: int) -> dict:
+    return {
+        "event": "Product Viewed",
+        "messageId": f"{shopper}-{number}",
+        "userId": shopper,
+        "timestamp": iso_time(at),
+        "properties": {"category": "Coffee Beans", "price": 9.5},
+        "context": {"sessionId": f"{shopper}-visit"},
+    }
+
+
+def test_one_event_from_the_future_is_dead_lettered_and_wipes_no_shoppers_state(model: IntentModel) -> None:
+    # the issue's reproduction: 20 shoppers with 5 events each, then one call dated 2999-01-01
+    start = 1_767_600_000.0
+    clock = FrozenClock(start + 600)  # the worker's clock, a few minutes after the last event
+    tracker = tracker_for(model, clock)
+    calls = [track_call(f"shopper-{s}", start + 60 * e, e) for e in range(5) for s in range(20)]
+    calls.append(track_call("intruder", 32_472_144_000.0, 0))  # 2999-01-01T00:00:00Z
+    accepted, rejected = admit(calls, clock())
+    assert len(accepted) == 100
+    assert len(rejected) == 1 and rejected[0].startswith("timestamp: 2999-01-01T00:00:00.000Z is ")
+    assert rejected[0].endswith(
+        "s ahead of the worker's clock (2026-01-05T08:10:00.000Z), over the 300 s allowed "
+        "(INTENT_MAX_EVENT_AHEAD_SECONDS)"
+    )
+    tracker.process(accepted, [(number % 4, number) for number in range(len(accepted))])
+    tracker.save()
+    assert tracker.expire() == (0, 0)
+    assert len(tracker.sessions.data) == 20 and len(tracker.shoppers.data) == 20
+
+
+def test_a_window_expires_by_its_own_partitions_event_clock_not_by_another_partitions(model: IntentModel) -> None:
+    start = 1_767_600_000.0
+    tracker = tracker_for(model, shopper_days=7.0)  # the wall clock sees every window as fresh
+    run(tracker, [event("ada", start)], batch=1)  # on partition 0
+    tracker.process([event("bo", start + 30 * 86400)], [(1, 0)])  # partition 1 is a month ahead
+    tracker.save()
+    assert tracker.expire() == (0, 0)  # ada is a month older than partition 1's clock, not her own
+    assert set(tracker.shoppers.data) == {"ada", "bo"}
+    assert tracker.event_clocks == {0: start, 1: start + 30 * 86400}
+
+    tracker.process([event("cy", start + 8 * 86400)], [(0, 1)])  # her own partition moves on
+    tracker.save()
+    assert tracker.expire() == (1, 1)
+    assert set(tracker.shoppers.data) == {"bo", "cy"}
+
+
+def test_a_lagging_partition_catching_up_loses_nothing(model: IntentModel) -> None:
+    start = 1_767_600_000.0
+    days = 10  # longer than the shoppers' 7-day span: a sweep by another partition's clock wipes them
+
+    def visits(shopper: str) -> list[ShopperEvent]:
+        categories = ("Coffee Beans", "Coffee Beans", "Herbal Tea", "Cold & Flu")
+        return [
+            event(
+                shopper,
+                start + day * 86400 + 60 * i,
+                category=categories[(day + i) % 4],
+                context={"sessionId": f"{shopper}-{day}"},
+            )
+            for day in range(days)
+            for i in range(4)
+        ]
+
+    ahead = sorted(visits("ada") + visits("bo"), key=lambda e: e.timestamp)  # partition 0, read promptly
+    lagging = sorted(visits("cy") + visits("dee"), key=lambda e: e.timestamp)  # partition 1, behind
+
+    in_time = tracker_for(model)  # both partitions read together, never swept
+    merged = sorted(
+        [(e, (0, n)) for n, e in enumerate(ahead)] + [(e, (1, n)) for n, e in enumerate(lagging)],
+        key=lambda pair: pair[0].timestamp,
+    )
+    expected = in_time.process([e for e, _ in merged], [position for _, position in merged])
+    in_time.save()
+
+    tracker = tracker_for(model)
+    changes = tracker.process(ahead, [(0, n) for n in range(len(ahead))])
+    tracker.save()
+    for first in range(0, len(lagging), 8):  # partition 1 catches up, swept after every batch
+        chunk = lagging[first : first + 8]
+        changes += tracker.process(chunk, [(1, first + n) for n in range(len(chunk))])
+        tracker.save()
+        tracker.expire()
+    assert tracker.stats.expired_shoppers == 0
+    for shopper in ("cy", "dee"):
+        caught_up = Window.from_bytes(tracker.shoppers.data[shopper])
+        reference = Window.from_bytes(in_time.shoppers.data[shopper])
+        assert caught_up.lines == reference.lines
+        assert np.allclose(caught_up.hidden_state(), reference.hidden_state(), atol=1e-5)
+    assert sorted(c["id"] for c in changes) == sorted(c["id"] for c in expected)
+
+
+def test_the_windows_of_each_kind_are_bounded_and_the_least_recently_seen_go_first(model: IntentModel) -> None:
+    clock = FrozenClock(1_767_600_000.0)
+    tracker = IntentTracker(
+        model, WindowPolicy(), TombstoneRecordingStore(), TombstoneRecordingStore(), clock=clock, max_windows=3
+    )
+    evicted_before = WINDOWS_EVICTED.labels("shopper")._value.get()
+    for offset, shopper in enumerate(["s3", "s1", "s4", "s0", "s2"]):  # seen in this order, a minute apart
+        tracker.process([event(shopper, clock.now, context={"sessionId": "v"})], [(offset % 2, offset)])
+        tracker.save()
+        clock.now += 60
+    assert tracker.expire() == (0, 0)  # nothing is idle: the bound alone removes them
+    assert set(tracker.shoppers.data) == {"s4", "s0", "s2"}
+    assert set(tracker.sessions.data) == {"s4|v", "s0|v", "s2|v"}
+    # each tombstone goes to the changelog partition of the window's input partition
+    assert sorted(tracker.shoppers.tombstones) == [("s1", 1), ("s3", 0)]
+    assert sorted(tracker.sessions.tombstones) == [("s1|v", 1), ("s3|v", 0)]
+    assert (tracker.stats.evicted_shoppers, tracker.stats.evicted_sessions) == (2, 2)
+    assert WINDOWS_EVICTED.labels("shopper")._value.get() == evicted_before + 2
+
+    tracker.process([event("s4", clock.now), event("s5", clock.now + 1)], [(0, 5), (1, 6)])  # s4 seen again
+    tracker.save()
+    tracker.expire()
+    assert set(tracker.shoppers.data) == {"s4", "s2", "s5"}
+
+
+def test_an_explicit_consent_is_remembered_until_the_shopper_states_another(model: IntentModel) -> None:
+    start = 1_767_600_000.0
+
+    def consent(allowed: bool) -> dict:
+        return {"consent": {"categoryPreferences": {"Personalization": allowed}}}
+
+    anonymous = [
+        event("anon", start, known=False, context={"sessionId": "v", **consent(False)}),
+        event("anon", start + 60, known=False, context={"sessionId": "v"}),
+    ]
+    known = [
+        event("ada", start, context=consent(False)),
+        event("ada", start + 60),
+        event("ada", start + 120, context=consent(True)),
+        event("ada", start + 180),
+    ]
+    tracker = tracker_for(model)
+    run(tracker, anonymous + known, batch=3)  # choices made and inherited within one micro-batch too
+    assert Window.from_bytes(tracker.sessions.data["anon|v"]).personalization_allowed is False
+    assert Window.from_bytes(tracker.shoppers.data["ada"]).personalization_allowed is True
+    tracker = tracker_for(model)
+    run(tracker, known[:2], batch=1)  # and across batches, through the stored window
+    assert Window.from_bytes(tracker.shoppers.data["ada"]).personalization_allowed is False

@@ -33,6 +33,26 @@ def test_an_empty_window_survives_its_stored_form() -> None:
     assert Window.from_bytes(Window().to_bytes()) == Window()
 
 
+@pytest.mark.parametrize("purchases", [None, {"coffee": [1.0, 2]}])
+@pytest.mark.parametrize("consent", [None, False, True])
+def test_the_optional_header_fields_survive_the_stored_form_in_any_combination(
+    purchases: dict | None, consent: bool | None
+) -> None:
+    window = Window(partition=2, purchases=purchases, personalization_allowed=consent)
+    window.append(compact(event(1, NOW)))
+    assert Window.from_bytes(window.to_bytes()) == window
+
+
+def test_windows_stored_before_the_optional_fields_existed_are_read_with_them_unset() -> None:
+    before_purchases = b'["s1",null,[null,null,0],"v1",1.0,2.0,3,41]\n{"m":"m1","e":"Product Viewed","t":1.0}'
+    before_consent = b'["s1",null,[null,null,0],"v1",1.0,2.0,3,41,{"coffee":[1.0,2]}]'
+    old = Window.from_bytes(before_purchases)
+    assert (old.partition, old.last_offset, old.purchases, old.personalization_allowed) == (3, 41, None, None)
+    assert [record["m"] for record in old.records()] == ["m1"]
+    newer = Window.from_bytes(before_consent)
+    assert (newer.purchases, newer.personalization_allowed) == ({"coffee": [1.0, 2]}, None)
+
+
 def test_tail_and_previous_timestamp_read_only_the_newest_records() -> None:
     window = Window()
     for number in range(5):

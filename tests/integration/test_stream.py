@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import signal
+import time
 
 import aiohttp
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from intent.events import event_from_dict
+from intent.events import event_from_dict, iso_time
 from intent.kafka import wait_for_lag_zero
 from intent.model import IntentModel
 from intent.replay import replay
@@ -112,6 +114,47 @@ async def test_bad_events_go_to_the_dead_letter_topic_and_the_events_around_them
         200,
         {"status": "ready", "checks": {"model_loaded": True, "broker_connected": True, "partitions_assigned": True}},
     )
+
+
+async def test_an_event_from_the_future_is_dead_lettered_and_every_shoppers_window_survives_the_sweeps(
+    deployment: Deployment,
+) -> None:
+    # the reproduction: 20 shoppers with 5 events each, then one call dated 2999-01-01
+    now = time.time()
+    calls = [
+        {
+            "event": "Product Viewed",
+            "userId": f"shopper-{shopper}",
+            "messageId": f"shopper-{shopper}-{number}",
+            "timestamp": iso_time(now - 3600 + 60 * number),
+            "properties": {"category": "Coffee Beans"},
+            "context": {"sessionId": f"shopper-{shopper}-visit"},
+        }
+        for shopper in range(20)
+        for number in range(5)
+    ]
+    forged = orjson.dumps(
+        {**calls[0], "userId": "intruder", "messageId": "forged", "timestamp": "2999-01-01T00:00:00Z"}
+    )
+    bootstrap = deployment.broker.bootstrap_servers
+    deployment.start_worker(INTENT_EXPIRY_CHECK_SECONDS="1")
+    await replay([*map(orjson.dumps, calls), forged], bootstrap, deployment.events_topic)
+
+    dead = await read_until(bootstrap, deployment.dead_letter_topic, lambda r: len(r) >= 1, JOIN_AND_CATCH_UP_SECONDS)
+    assert [base64.b64decode(record["original_base64"]) for record in dead] == [forged], deployment.logs()
+    reason = dead[0]["reason"]
+    assert reason.startswith("timestamp: 2999-01-01T00:00:00.000Z is ") and reason.endswith(
+        "over the 300 s allowed (INTENT_MAX_EVENT_AHEAD_SECONDS)"
+    )
+    await wait_for_lag_zero(bootstrap, deployment.app_id, deployment.events_topic, JOIN_AND_CATCH_UP_SECONDS)
+    await asyncio.sleep(3)  # three expiry sweeps
+    async with (
+        aiohttp.ClientSession(f"http://127.0.0.1:{deployment.web_ports[0]}") as http,
+        http.get("/metrics") as response,
+    ):
+        metrics = await response.text()
+    assert "intent_active_sessions 20.0" in metrics and "intent_active_shoppers 20.0" in metrics, deployment.logs()
+    assert 'intent_events_rejected_total{reason="timestamp"} 1.0' in metrics
 
 
 async def test_a_killed_worker_is_replaced_and_a_shift_that_needs_earlier_events_is_still_detected(
