@@ -136,39 +136,25 @@ def histories_before(
     return before
 
 
-def ranking_rows(
+Scorer = Callable[[PurchaseHistory, Sequence[str], np.ndarray, RankingWeights, np.ndarray | None], np.ndarray]
+
+
+def served_rows(
     scored: Sequence[Basket],
-    served: ServedOutputs,
+    model_outputs: dict[str, np.ndarray],
     histories: dict[str, PurchaseHistory],
-    categories: Sequence[str],
+    names: Sequence[str],
     popularity: np.ndarray,
     weights: RankingWeights,
+    score: Scorer,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The served ranking (`model`) and the same ranking without the model's term (`model_ablation`)."""
+    """The served ranking of each scored basket (`model`: `category_scores` or `intent_scores` with
+    the model's outputs before it) and the same ranking without the model's term (the ablation)."""
     with_model, without = {}, {}
     for basket in scored:
         history = histories[basket.basket_id]
-        probabilities = served.categories.get(basket.basket_id)
-        without[basket.basket_id] = category_scores(history, categories, popularity, weights, None)
-        with_model[basket.basket_id] = category_scores(history, categories, popularity, weights, probabilities)
-    return with_model, without
-
-
-def intent_rows(
-    scored: Sequence[Basket],
-    served: ServedOutputs,
-    histories: dict[str, PurchaseHistory],
-    intents: Sequence[str],
-    popularity: np.ndarray,
-    weights: RankingWeights,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The served intent ranking (`model`) and the same without the model's term."""
-    with_model, without = {}, {}
-    for basket in scored:
-        history = histories[basket.basket_id]
-        probabilities = served.intents.get(basket.basket_id)
-        without[basket.basket_id] = intent_scores(history, intents, popularity, weights, None)
-        with_model[basket.basket_id] = intent_scores(history, intents, popularity, weights, probabilities)
+        without[basket.basket_id] = score(history, names, popularity, weights, None)
+        with_model[basket.basket_id] = score(history, names, popularity, weights, model_outputs.get(basket.basket_id))
     return with_model, without
 
 
@@ -480,11 +466,11 @@ def tune_ranking(
     intent_rows_by_weight: dict[str, dict[str, np.ndarray]] = {}
     for weight in MODEL_WEIGHTS:
         weights = RankingWeights(RECENCY_DECAY, POPULARITY_WEIGHT, weight, weight)
-        category_rows[f"w={weight}"], _ = ranking_rows(
-            scored, served, histories, log.categories, popularity[0], weights
+        category_rows[f"w={weight}"], _ = served_rows(
+            scored, served.categories, histories, log.categories, popularity[0], weights, category_scores
         )
-        intent_rows_by_weight[f"w={weight}"], _ = intent_rows(
-            scored, served, histories, log.intents, popularity[1], weights
+        intent_rows_by_weight[f"w={weight}"], _ = served_rows(
+            scored, served.intents, histories, log.intents, popularity[1], weights, intent_scores
         )
     figures = evaluate_next_baskets(
         log.baskets,
@@ -561,9 +547,11 @@ def evaluate_purchase_model(model_dir: Path, dataset: str, split: Split) -> dict
     histories = histories_before(
         log.baskets, domain.window_policy.shopper_days, weights.decay, domain.category_map.intent_of
     )
-    ranked, ablation = ranking_rows(scored, served, histories, categories, popularity, weights)
-    intent_ranked, intent_ablation = intent_rows(
-        scored, served, histories, domain.taxonomy.ids, intent_popularity, weights
+    ranked, ablation = served_rows(
+        scored, served.categories, histories, categories, popularity, weights, category_scores
+    )
+    intent_ranked, intent_ablation = served_rows(
+        scored, served.intents, histories, domain.taxonomy.ids, intent_popularity, weights, intent_scores
     )
     table = evaluate_next_baskets(
         log.baskets,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from intent.events import iso_time
+from intent.datasets.common import track
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,7 @@ def visit_events(baskets: Iterable[Basket]) -> Iterator[dict[str, Any]]:
                 price=item.price,
                 quantity=item.quantity,
             )
-            yield _event("Product Added", f"{basket.basket_id}-{position}", start + position, properties, identity)
+            yield track("Product Added", f"{basket.basket_id}-{position}", _utc(start + position), properties, identity)
         order_times[basket.shopper_id] = start + len(basket.items)
         order = {
             "order_id": basket.basket_id,
@@ -78,7 +79,9 @@ def visit_events(baskets: Iterable[Basket]) -> Iterator[dict[str, Any]]:
                 for item in basket.items
             ],
         }
-        yield _event("Order Completed", f"{basket.basket_id}-order", order_times[basket.shopper_id], order, identity)
+        yield track(
+            "Order Completed", f"{basket.basket_id}-order", _utc(order_times[basket.shopper_id]), order, identity
+        )
 
 
 def line_total(item: LineItem) -> float:
@@ -88,17 +91,8 @@ def line_total(item: LineItem) -> float:
     return item.price * item.quantity if item.quantity > 0 else item.price
 
 
-def _event(
-    name: str, message_id: str, seconds: float, properties: dict[str, Any], identity: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "type": "track",
-        "event": name,
-        "messageId": message_id,
-        "timestamp": iso_time(seconds),
-        "properties": properties,
-        **identity,
-    }
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _present(**fields: Any) -> dict[str, Any]:
