@@ -32,6 +32,7 @@ from intent.domain import (
     effective_window_policy,
     load_domain,
 )
+from intent.erasure import ShopperErasure, erase_state
 from intent.events import InvalidEvent, ShopperEvent, check_not_ahead, iso_time, parse_event
 from intent.model import IntentModel
 from intent.policy import DeliveryPolicy, webhook_payload
@@ -256,6 +257,17 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         owned_partitions=owned_change_partitions,  # after a rebalance, the new owner retries
     )
     caps_store = TableStore(caps, owned_change_partitions)
+    erasure = ShopperErasure(
+        settings.bootstrap_servers,
+        settings.erasures_topic,
+        settings.identities_topic,
+        erase=lambda shopper: erase_state(shopper, session_store, shopper_store, caps_store, deliverer),
+        flush=lambda: worker.flush_changelogs(),
+        owned_partitions=owned_partitions,
+        partitions=lambda: app.consumer.topic_partitions(source.get_topic_name()) or settings.topic_partitions,
+        ready=lambda: not app.rebalancing,
+        wait_seconds=settings.erasure_wait_seconds,
+    )
     worker = IntentWorker(
         app,
         settings,
@@ -279,6 +291,9 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
             shopper = change["shopper_id"]
             # the cap counts in event time, so a replay of last week is capped like last week was
             event_time = datetime.fromisoformat(change["event_time"]).timestamp()
+            if erasure.erased_after(shopper, datetime.fromisoformat(change["detected_at"]).timestamp()):
+                metrics.DELIVERIES_SUPPRESSED.labels("shopper_erased").inc()
+                continue  # detected before the shopper was erased: nothing of it is kept or sent
             decision = delivery_policy.decide(change, caps_store, event_time, event.message.partition)
             if not decision.deliver:
                 log.info(
@@ -302,8 +317,10 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         async def on_start(self) -> None:
             await subscriptions.start()
             await deliverer.start()
+            await erasure.start()
 
         async def on_stop(self) -> None:
+            await erasure.stop()
             await deliverer.stop()
             await subscriptions.stop()
             await worker.flush_changelogs()
@@ -316,6 +333,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         allow_private_urls=settings.webhook_allow_private_urls,
         secret_overlap_seconds=settings.webhook_secret_overlap_seconds,
         clock=time.time,
+        erasure=erasure,
     ).add_routes(app.web.web_app)
 
     source = events_topic
@@ -334,7 +352,8 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
     @app.agent(source, name="detect-intent")
     async def detect_intent(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(settings.batch_max_events, settings.batch_max_seconds):
-            await handle_batch(worker, batch)
+            async with erasure.lock:  # an erasure is applied between batches, never inside one
+                await handle_batch(worker, batch)
 
     @app.timer(interval=5.0)
     async def sample_consumer_lag() -> None:

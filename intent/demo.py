@@ -79,6 +79,18 @@ class DemoReceiver:
         return web.Response(status=204)
 
 
+def receiver_app(receiver: DemoReceiver) -> web.Application:
+    """The receiver's routes: `/hooks` takes signed deliveries (401 otherwise), `/healthz` answers alive."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    app = web.Application()
+    app.router.add_post("/hooks", receiver.handle)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
 async def subscribe(
     api_url: str, token: str, url: str, timeout: float, intents: list[str] | None = None
 ) -> dict[str, Any]:
@@ -101,10 +113,7 @@ async def subscribe(
 async def run_receiver(host: str, port: int, api_url: str, token: str, public_url: str) -> None:
     """A standing demo receiver (the docker stack's): subscribes itself, then logs what it gets."""
     receiver = DemoReceiver()
-    app = web.Application()
-    app.router.add_post("/hooks", receiver.handle)
-    app.router.add_get("/healthz", lambda _: web.json_response({"status": "alive"}))
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(receiver_app(receiver), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     print(f"demo receiver on {host}:{port}; subscribing {public_url} at {api_url} ...", flush=True)
@@ -163,9 +172,7 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
             "INTENT_WEBHOOK_ALLOW_PRIVATE_URLS": "true",  # the receiver is on this machine
         }
         receiver = DemoReceiver()
-        receiver_app = web.Application()
-        receiver_app.router.add_post("/hooks", receiver.handle)
-        runner = web.AppRunner(receiver_app, access_log=None)
+        runner = web.AppRunner(receiver_app(receiver), access_log=None)
         await runner.setup()
         receiver_port = free_port()
         await web.TCPSite(runner, "127.0.0.1", receiver_port).start()

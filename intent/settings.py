@@ -155,6 +155,16 @@ class Settings(BaseSettings):
     identities_topic: str = Field(
         "shopper-identities", description="Compacted topic of anonymousId -> userId links from identify calls."
     )
+    erasures_topic: str = Field(
+        "shopper-erasures",
+        description="Compacted topic of erasure requests (`DELETE /v1/shoppers/{id}`): the worker that owns "
+        "the shopper's partition applies each one, also after a restart.",
+    )
+    erasure_wait_seconds: float = Field(
+        10.0,
+        description="How long an erasure call waits for the owner of the shopper's partition to apply it "
+        "before answering 202 (it is applied once a worker owns the partition).",
+    )
     log_level: str = Field("INFO", description="Logging level.")
     log_json: bool = Field(True, description="Log one JSON object per line (with ids); false for plain text lines.")
     shared_data_dir: Path = Field(

@@ -20,7 +20,10 @@ import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
+from faust.types.web import Web
 from mode.services import WaitArgT, WaitResults
+
+from intent.web import OwnRoutesWeb
 
 
 class IntentApp(faust.App):
@@ -32,6 +35,10 @@ class IntentApp(faust.App):
 
     def _new_transport(self) -> TransportT:
         return IntentTransport(self.conf.broker_consumer, self)
+
+    def _new_web(self) -> Web:
+        # Faust's own pages read tables without authentication: the web server serves ours only
+        return OwnRoutesWeb(self)
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

@@ -1,4 +1,5 @@
-"""The subscriptions API (aiohttp), served by the worker's web server and described at /openapi.json.
+"""The worker's API (aiohttp): webhook subscriptions and erasure of a shopper, served by the worker's
+web server and described at /openapi.json.
 
 Every call needs `Authorization: Bearer <token>` with one of `INTENT_API_TOKENS`; bad input is a
 400 whose JSON names the field. The `whsec_` secret is shown once, in the answer that creates it
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from intent.erasure import KINDS, ShopperErasure
 from intent.webhooks.delivery import Deliverer
 from intent.webhooks.subscriptions import Subscription, SubscriptionLog
 from intent.webhooks.targets import TargetRejected, check_target
@@ -53,8 +55,11 @@ class SubscriptionsApi:
         allow_private_urls: bool,
         secret_overlap_seconds: float,
         clock: Callable[[], float],
+        erasure: ShopperErasure | None = None,
     ) -> None:
+        """Without `erasure` (tests of the subscriptions alone), `DELETE /v1/shoppers/{id}` is not served."""
         self.log = log
+        self.erasure = erasure
         self.deliverer = deliverer
         self.tokens = tokens
         self.intent_ids = intent_ids
@@ -70,6 +75,8 @@ class SubscriptionsApi:
         app.router.add_delete("/v1/subscriptions/{id}", guarded(self.delete))
         app.router.add_post("/v1/subscriptions/{id}/rotate-secret", guarded(self.rotate_secret))
         app.router.add_post("/v1/subscriptions/{id}/test", guarded(self.test))
+        if self.erasure is not None:
+            app.router.add_delete("/v1/shoppers/{shopper_id}", guarded(self.erase_shopper))
         app.router.add_get("/openapi.json", self.openapi)
 
     def _guarded(self, handler: Handler) -> Handler:
@@ -81,7 +88,7 @@ class SubscriptionsApi:
             matches = [hmac.compare_digest(token.encode(), known.encode()) for known in self.tokens]
             if scheme.lower() != "bearer" or not any(matches):
                 return error(401, "a valid `Authorization: Bearer <token>` header is required")
-            if not self.log.started:
+            if not self.log.started or (self.erasure is not None and not self.erasure.started):
                 return error(503, "the worker is starting: subscriptions are not loaded yet")
             try:
                 return await handler(request)
@@ -143,6 +150,11 @@ class SubscriptionsApi:
         delivered = attempt.status is not None and 200 <= attempt.status < 300
         return ok({"delivered": delivered, **attempt.public()})
 
+    async def erase_shopper(self, request: web.Request) -> web.Response:
+        assert self.erasure is not None
+        outcome = await self.erasure.request(request.match_info["shopper_id"])
+        return ok(outcome.answer(), status=200 if outcome.removed is not None else 202)
+
     def _subscription(self, request: web.Request) -> Subscription:
         subscription = self.log.registry.get(request.match_info["id"])
         if subscription is None:
@@ -165,10 +177,10 @@ class SubscriptionsApi:
         return body
 
     async def openapi(self, _: web.Request) -> web.Response:
-        return ok(openapi_document(self.intent_ids))
+        return ok(openapi_document(self.intent_ids, erasure=self.erasure is not None))
 
 
-def openapi_document(intent_ids: tuple[str, ...]) -> dict[str, Any]:
+def openapi_document(intent_ids: tuple[str, ...], erasure: bool = True) -> dict[str, Any]:
     error_schema = {
         "type": "object",
         "properties": {"error": {"type": "string"}, "field": {"type": "string"}},
@@ -200,9 +212,43 @@ def openapi_document(intent_ids: tuple[str, ...]) -> dict[str, Any]:
     }
     not_found = {"404": {"description": "no such subscription", "content": error_content}}
     identifier = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    erased = {
+        "type": "object",
+        "properties": {
+            "shopper_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["erased", "pending"]},
+            "removed": {
+                "type": "object",
+                "properties": {kind: {"type": "integer", "minimum": 0} for kind in KINDS},
+                "required": list(KINDS),
+            },
+        },
+        "required": ["shopper_id", "status", "removed"],
+    }
+    erasure_paths = {
+        "/v1/shoppers/{shopper_id}": {
+            "parameters": [{"name": "shopper_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "delete": {
+                "summary": "Erase a shopper (userId or anonymousId): windows, frequency cap, pending deliveries "
+                "and identity links, with tombstones on every changelog and compacted topic.",
+                "responses": {
+                    "200": {
+                        "description": "erased; what was removed, per kind",
+                        "content": {"application/json": {"schema": erased}},
+                    },
+                    "202": {
+                        "description": "the identity links are removed; the worker that owns the shopper's "
+                        "partition has not applied the rest yet and will when it runs (removed counts so far)",
+                        "content": {"application/json": {"schema": erased}},
+                    },
+                    **responses_common,
+                },
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "intent subscriptions", "version": "1"},
+        "info": {"title": "intent", "version": "1"},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Subscription": subscription, "Error": error_schema},
@@ -311,5 +357,6 @@ def openapi_document(intent_ids: tuple[str, ...]) -> dict[str, Any]:
                     },
                 },
             },
+            **(erasure_paths if erasure else {}),
         },
     }

@@ -181,6 +181,19 @@ class Deliverer:
     def pending(self) -> list[Delivery]:
         return [Delivery.from_bytes(raw) for _, raw in self.store.items()]
 
+    def forget_shopper(self, shopper_id: str) -> int:
+        """Delete the pending deliveries of `shopper_id`'s intent changes and stop their attempts in
+        flight (an erasure); returns how many there were."""
+        count = 0
+        for key, raw in self.store.items():
+            delivery = Delivery.from_bytes(raw)
+            if delivery.payload.get("shopper_id") == shopper_id:
+                self.store.delete(key, delivery.partition)
+                if (task := self._in_flight.get(key)) is not None:
+                    task.cancel()
+                count += 1
+        return count
+
     async def ping(self, subscription: Subscription) -> Attempt:
         """One signed `intent.ping` to the subscription, not retried: the API's test call."""
         now = self.clock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,18 +11,24 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from intent.erasure import ShopperErasure, erase_state
+from intent.kafka import CompactedTopic
+from intent.policy import CapEntry
 from intent.stores import DictStore
 from intent.taxonomy import load_taxonomy
-from intent.webhooks.api import SubscriptionsApi
+from intent.webhooks.api import SubscriptionsApi, openapi_document
 from intent.webhooks.delivery import Deliverer, parse_schedule
-from intent.webhooks.subscriptions import SubscriptionLog
+from intent.webhooks.subscriptions import SubscriptionLog, SubscriptionRegistry
+from intent.window import Window
 
 pytestmark = pytest.mark.integration
 TOKEN = "secret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-async def api_client(bootstrap: str, topic: str, allow_private: bool = False) -> tuple[TestClient, SubscriptionLog]:
+async def api_client(
+    bootstrap: str, topic: str, allow_private: bool = False, erasure: ShopperErasure | None = None
+) -> tuple[TestClient, SubscriptionLog]:
     log = SubscriptionLog(bootstrap, topic)
     await log.start()
 
@@ -47,6 +54,7 @@ async def api_client(bootstrap: str, topic: str, allow_private: bool = False) ->
         allow_private_urls=allow_private,
         secret_overlap_seconds=3600,
         clock=time.time,
+        erasure=erasure,
     ).add_routes(app)
     app.on_cleanup.append(lambda _: deliverer.stop())
     app.on_cleanup.append(lambda _: log.stop())
@@ -163,3 +171,114 @@ async def test_the_openapi_document_describes_the_routes(client: TestClient) -> 
         "/v1/subscriptions/{id}/rotate-secret",
         "/v1/subscriptions/{id}/test",
     }
+
+
+async def test_the_openapi_document_describes_the_erasure_of_a_shopper() -> None:
+    document = openapi_document(load_taxonomy().ids)
+    erase = document["paths"]["/v1/shoppers/{shopper_id}"]["delete"]
+    assert {"200", "202", "401"} <= set(erase["responses"])
+    assert document["security"] == [{"bearer": []}]
+
+
+async def nothing(*_: object) -> None: ...
+
+
+async def links_of(bootstrap: str, topic: str) -> dict[str, str]:
+    links: dict[str, str] = {}
+
+    def follow(key: str, value: bytes | None) -> None:
+        if value is None:
+            links.pop(key, None)
+        else:
+            links[key] = value.decode()
+
+    identities = CompactedTopic(bootstrap, topic, follow)
+    await identities.start()
+    await identities.stop()
+    return links
+
+
+async def test_erasing_a_shopper_needs_the_token_and_answers_what_was_removed_once_the_owner_applied_it(
+    broker,
+) -> None:
+    bootstrap = broker.bootstrap_servers
+    unique = uuid.uuid4().hex[:8]
+    identities_topic = f"identities-{unique}"
+    links = CompactedTopic(bootstrap, identities_topic, lambda *_: None)
+    await links.start()
+    for anonymous, user in (("anon-1", "ana"), ("anon-2", "bo"), ("ana", "ana-later")):
+        await links.write(anonymous, user.encode())
+    await links.stop()
+    sessions, shoppers, caps = DictStore(), DictStore(), DictStore()
+    shoppers.put("ana", Window(partition=1).to_bytes(), 1)
+    sessions.put("ana|s1", Window(session_id="s1", partition=1).to_bytes(), 1)
+    caps.put("ana", CapEntry(1, [("ic_1", 1.0)]).to_bytes(), 1)
+    shoppers.put("bo", Window(partition=0).to_bytes(), 0)
+    before = time.time()
+    owned: set[int] = set()  # the owner of every partition is down at first
+    erasure = ShopperErasure(
+        bootstrap,
+        f"erasures-{unique}",
+        identities_topic,
+        erase=lambda shopper: erase_state(shopper, sessions, shoppers, caps, idle_deliverer()),
+        flush=nothing,
+        owned_partitions=lambda: owned,
+        partitions=lambda: 4,
+        ready=lambda: True,
+        wait_seconds=1.0,
+    )
+    await erasure.start()
+    http, _ = await api_client(bootstrap, f"subs-{unique}", erasure=erasure)
+    try:
+        assert (await http.delete("/v1/shoppers/ana")).status == 401
+        assert (await http.delete("/v1/shoppers/ana", headers={"Authorization": "Bearer wrong"})).status == 401
+        assert "ana" in shoppers.data
+
+        response = await http.delete("/v1/shoppers/ana", headers=AUTH)
+        assert response.status == 202  # nobody owns the partition: the request waits on its topic
+        answer = await response.json()
+        assert answer["status"] == "pending" and answer["removed"]["identity_links"] == 2
+        assert "ana" in shoppers.data
+
+        owned.update(range(4))  # a worker takes the partitions over: it applies the pending request
+        for _ in range(50):
+            if "ana" not in shoppers.data and erasure.erased_after("ana", before):
+                break
+            await asyncio.sleep(0.1)
+        assert set(shoppers.data) == {"bo"} and not sessions.data and not caps.data
+        # an intent change detected before the erasure and delivered after it is dropped; a later one is not
+        assert erasure.erased_after("ana", before) and not erasure.erased_after("ana", time.time() + 60)
+        assert not erasure.erased_after("bo", before)
+
+        response = await http.delete("/v1/shoppers/ana", headers=AUTH)  # again: nothing left to remove
+        assert response.status == 200
+        assert await response.json() == {
+            "shopper_id": "ana",
+            "status": "erased",
+            "removed": {
+                "shopper_windows": 0,
+                "session_windows": 0,
+                "frequency_caps": 0,
+                "pending_deliveries": 0,
+                "identity_links": 0,
+            },
+        }
+    finally:
+        await http.close()
+        await erasure.stop()
+    # the links that pointed at the shopper and the one its id owned are tombstoned; others stay
+    assert await links_of(bootstrap, identities_topic) == {"anon-2": "bo"}
+
+
+def idle_deliverer() -> Deliverer:
+    """A deliverer with no pending delivery."""
+    return Deliverer(
+        SubscriptionRegistry(),
+        DictStore(),
+        schedule=(0.0,),
+        timeout_seconds=1,
+        endpoint_concurrency=1,
+        allow_private_urls=True,
+        dead_letter=nothing,
+        disable=nothing,
+    )
