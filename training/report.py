@@ -261,6 +261,56 @@ def real_data_table(real: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def real_targets(real: dict[str, Any]) -> list[str]:
+    """The issue's targets, each as the ratio this run measured and whether it is met."""
+    baselines = ("top_sellers", "personal_frequency", "personal_recency", "last_basket")
+
+    def best(key: str) -> tuple[str, float]:
+        return max(((row, real[key][row]) for row in baselines), key=lambda pair: pair[1])
+
+    category = real["category_recall_at_10"]["model"] / real["category_recall_at_10"]["personal_frequency"]
+    explore_row, explore_best = best("explore_category_recall_at_10")
+    explore = real["explore_category_recall_at_10"]["model"] / explore_best
+    intent_row, intent_best = best("intent_recall_at_5")
+    intent = real["intent_recall_at_5"]["model"]
+    shifts = real["shifts"]
+    shifts_met = shifts["lift"] >= 2 and shifts["changes"] >= 500 and shifts["changes_per_household_week"] <= 1
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "**not met**"
+
+    return [
+        f"- categories recall@10, model / personal frequency: {category:.3f} "
+        f"(target >= 1.05: {verdict(category >= 1.05)})",
+        f"- explore categories recall@10, model / best baseline ({explore_row}): {explore:.3f} "
+        f"(target >= 1.10: {verdict(explore >= 1.10)})",
+        f"- intents recall@5, model {intent:.3f} vs best baseline ({intent_row}) {intent_best:.3f} "
+        f"(target: at least it: {verdict(intent >= intent_best)})",
+        f"- shifts: lift {shifts['lift']:.2f} over {shifts['changes']:,} changes, "
+        f"{shifts['changes_per_household_week']:.3f} per household-week (target: lift >= 2 over >= 500 changes, "
+        f"<= 1 per household-week: {verdict(shifts_met)})",
+    ]
+
+
+def suggestion_table(real: dict[str, Any]) -> str:
+    hits, explore = real["suggestion_hit_rate_7d"], real["explore_suggestion_hit_rate_7d"]
+
+    def cell(block: dict[str, Any], row: str) -> str:
+        value, interval = block.get(row), block.get(f"{row}_ci")
+        return "n/a" if value is None or value != value else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+    lines = ["| row | hit rate, 7 days | explore hit rate, 7 days |", "| --- | --- | --- |"]
+    for row, label in (
+        ("model", "the product's suggestions"),
+        ("top_sellers", "the intent's top sellers"),
+        ("segment", "the segment's top sellers of the intent (segment households)"),
+        ("model_on_segment_households", "the product's suggestions, same households"),
+    ):
+        if row in hits:
+            lines.append(f"| {label} | {cell(hits, row)} | {cell(explore, row)} |")
+    return "\n".join(lines)
+
+
 def write_real_data_card(model_dir: Path, real: dict[str, Any]) -> None:
     """MODEL_CARD.md and a plot for a model trained on a retailer's purchase log."""
     metadata = orjson.loads((model_dir / "metadata.json").read_bytes())
@@ -278,6 +328,8 @@ def write_real_data_card(model_dir: Path, real: dict[str, Any]) -> None:
     figure.tight_layout()
     plot = _save(figure, model_dir / "real_data_recall.png")
     shifts = real["shifts"]
+    story = shifts["coffee_tea_cold"]
+    suggested = real["suggestions"]
     card = f"""# Model card: {metadata["model_version"]}
 
 A next-basket intent model learnt from a retailer's own purchase log: **{training["source"]}**
@@ -309,16 +361,33 @@ test baskets:
   is the same ranking without the model's term (the ablation). Intents are ranked the same way
   (the window's recency over the intents of its baskets + popularity + {real["ranking"]["intent_model_weight"]} x the
   intent head's probability).
-- Rows on the {real["segment_households"]["households"]:,} households with demographics (the segment row's
-  population) are in `metrics.json` under `segment_households`.
+- The `segment` row is on the {real["segment_households"]["households"]:,} households with demographics (the only ones
+  with a segment); every row on those households:
+
+{real_data_table(real["segment_households"])}
 
 ![recall]({plot})
+
+## Targets (ratios in this run)
+{chr(10).join(real_targets(real))}
+
+## Suggestions (at each detected change in the test period; scored before consent and holdout)
+{suggested["changes_scored"]:,} changes ({suggested["changes_of_segment_households"]:,} of households with a segment);
+a hit when the household buys a suggested product within 7 days (the triggering basket left out); explore counts
+only suggested products it had not bought in the 8 weeks before.
+
+{suggestion_table(real)}
 
 ## Shifts (the stream's tracker replaying the whole log; changes in the test period)
 {shifts["changes"]:,} changes, {shifts["changes_per_household_week"]:.3f} per household-week; a change is confirmed when
 a later basket within 7 days holds the new intent: precision {shifts["precision"]:.3f}, lift over the same
 household's own 7-day rate for that intent {shifts["lift"]:.2f} (micro-averaged). Changes by intent:
 {", ".join(f"{k} {v}" for k, v in list(shifts["by_intent"].items())[:12])}.
+
+The coffee -> tea -> cold & flu story: {story["households_with_the_pattern_in_their_baskets"]} of
+{story["households"]:,} households show it in their baskets (coffee, tea within 14 days, cold & flu within
+7 days of that); the tracker made {story["changes_to_tea"]} changes to tea and
+{story["changes_to_cold_flu"]} to cold & flu.
 
 Line items the category map sends to no intent: {real["unmapped"]["line_items"]:.2%}
 (baskets: {real["unmapped"]["baskets"]:.2%}).
