@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -77,6 +76,11 @@ def on_collector(reason: str) -> Fate:
 
 def on_worker(reason: str) -> Fate:
     return Fate("worker", reason)
+
+
+def everywhere(reason: str) -> tuple[Fate, Fate]:
+    """Rejected for `reason` on either route: by the collector, or dead-lettered by the worker."""
+    return on_collector(reason), on_worker(reason)
 
 
 def nested(depth: int) -> bytes:
@@ -199,45 +203,52 @@ def fuzzed_event(draw: st.DrawFn, route: str, now: float) -> Case:
     if draw(st.integers(0, 9)) < 7:
         return Case(route, "valid", message, orjson.dumps(message), PROCESSED, shopper)
     kind = draw(KINDS)
-    both: Callable[[str], tuple[Fate, Fate]] = lambda reason: (on_collector(reason), on_worker(reason))  # noqa: E731
-    bad: Any
+    bad: Any = None  # the JSON value sent, if it is one
+    raw: bytes | None = None  # the bytes sent, when they are not simply `bad` written out
+    fates: tuple[Fate, Fate]  # through the collector, straight onto the topic
     if kind == "event of a wrong type":
-        bad, fates = mutated(message, event=draw(WRONG_TYPES)), both("event: expected a string")
+        bad, fates = mutated(message, event=draw(WRONG_TYPES)), everywhere("event: expected a string")
     elif kind == "event missing":
-        bad, fates = draw(st.sampled_from([without(message, "event"), mutated(message, event="")])), both("event: ")
+        bad, fates = (
+            draw(st.sampled_from([without(message, "event"), mutated(message, event="")])),
+            everywhere("event: "),
+        )
     elif kind == "no shopper":
-        bad, fates = without(message, "userId", "anonymousId"), both("anonymousId or userId: at least one")
+        bad, fates = without(message, "userId", "anonymousId"), everywhere("anonymousId or userId: at least one")
     elif kind == "userId of a wrong type":
         value = draw(
             st.floats(allow_nan=False, allow_infinity=False) | st.booleans() | st.lists(texts, max_size=2) | st.just({})
         )
-        bad, fates = mutated(message, userId=value), both("userId: expected a string")
+        bad, fates = mutated(message, userId=value), everywhere("userId: expected a string")
     elif kind == "properties not an object":
-        bad, fates = mutated(message, properties=draw(texts | int64s | st.just([]))), both("properties: ")
+        bad, fates = mutated(message, properties=draw(texts | int64s | st.just([]))), everywhere("properties: ")
     elif kind == "price not a number":
         price = draw(texts | st.booleans() | st.floats(max_value=-0.01, allow_infinity=False) | st.just([1.0]))
-        bad, fates = with_properties(message, price=price), both("properties.price: ")
+        bad, fates = with_properties(message, price=price), everywhere("properties.price: ")
     elif kind == "quantity not whole":
         quantity = draw(st.sampled_from([-1, 1.5, "2", True, [1]]))
-        bad, fates = with_properties(message, quantity=quantity), both("properties.quantity: ")
+        bad, fates = with_properties(message, quantity=quantity), everywhere("properties.quantity: ")
     elif kind == "products malformed":
         products = draw(st.sampled_from(["P1", [1, 2], {"product_id": "P1"}, [{"product_id": []}]]))
-        bad, fates = with_properties(message, products=products), both("properties.products")
+        bad, fates = with_properties(message, products=products), everywhere("properties.products")
     elif kind == "device not an object":
-        bad, fates = mutated(message, context={"device": draw(texts | int64s)}), both("context.device: ")
+        bad, fates = mutated(message, context={"device": draw(texts | int64s)}), everywhere("context.device: ")
     elif kind == "consent not a boolean":
         preferences = {"categoryPreferences": {"Personalization": draw(texts | int64s | st.none())}}
-        bad, fates = mutated(message, context={"consent": preferences}), both("context.consent.categoryPreferences")
+        bad, fates = (
+            mutated(message, context={"consent": preferences}),
+            everywhere("context.consent.categoryPreferences"),
+        )
     elif kind == "text too long":
         name = draw(st.sampled_from(["é", "x", "🛒"])) * draw(st.integers(513, 2_000))
-        bad, fates = with_properties(message, name=name), both("properties.name: longer than 512")
+        bad, fates = with_properties(message, name=name), everywhere("properties.name: longer than 512")
     elif kind == "timestamp unreadable":
         value = draw(st.sampled_from(["yesterday", "2026-13-45T00:00:00Z", "", "12:00", 1767225600, 17.5, [], {}]))
-        bad, fates = mutated(message, timestamp=value), both("timestamp: ")
+        bad, fates = mutated(message, timestamp=value), everywhere("timestamp: ")
     elif kind == "timestamp out of range":
         # valid ISO-8601 whose instant in UTC falls outside the years 1 to 9999
         value = draw(st.sampled_from(["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]))
-        bad, fates = mutated(message, timestamp=value), both("timestamp: ")
+        bad, fates = mutated(message, timestamp=value), everywhere("timestamp: ")
     elif kind == "timestamp ahead":
         # the collector cannot know the worker's clock: it forwards, the worker dead-letters
         ahead = draw(st.sampled_from(["2999-01-01T00:00:00Z", datetime.fromtimestamp(now + 3600, UTC).isoformat()]))
@@ -248,10 +259,13 @@ def fuzzed_event(draw: st.DrawFn, route: str, now: float) -> Case:
             return Case(route, "valid", message, orjson.dumps(message), PROCESSED, shopper)
         bad, fates = without(message, "timestamp"), (PROCESSED, on_worker("timestamp: required"))
     elif kind == "not a track call":
-        bad, fates = mutated(message, type=draw(st.sampled_from(["alias", "group", 7, ["track"]]))), both("type: ")
+        bad, fates = (
+            mutated(message, type=draw(st.sampled_from(["alias", "group", 7, ["track"]]))),
+            everywhere("type: "),
+        )
     elif kind == "oversized":
         padding = draw(st.sampled_from(["x", "é"])) * draw(st.integers(MAX_EVENT_BYTES, MAX_EVENT_BYTES + 8_000))
-        bad, fates = mutated(message, padding=padding), both("limit")
+        bad, fates = mutated(message, padding=padding), everywhere("limit")
     elif kind == "sentAt unreadable":
         # only the collector reads sentAt (to correct the sender's clock)
         bad, fates = (
@@ -259,38 +273,24 @@ def fuzzed_event(draw: st.DrawFn, route: str, now: float) -> Case:
             (on_collector("sentAt"), PROCESSED),
         )
     elif kind == "not an object":
-        bad, fates = draw(st.lists(int64s, max_size=2) | texts | int64s | st.none()), both("JSON object")
+        bad, fates = draw(st.lists(int64s, max_size=2) | texts | int64s | st.none()), everywhere("JSON object")
     elif kind == "nested deeper than the collector writes":
         # the parsers read up to 1024 levels, the collector's writer (orjson) only 254
-        depth = draw(st.integers(260, 900))
         bad = with_properties(message, extra=None)
-        raw = orjson.dumps(bad).replace(b'"extra":null', b'"extra":' + nested(depth))
+        nesting = nested(draw(st.integers(260, 900)))
+        raw = orjson.dumps(bad).replace(b'"extra":null', b'"extra":' + nesting)
         fates = (on_collector("deep"), PROCESSED)
-        fate = fates[0] if route == COLLECTOR else fates[1]
-        return Case(route, kind, bad, raw, fate, shopper)
     elif kind == "nested deeper than the parser reads":
         raw = b'{"event":"Product Viewed","properties":' + nested(draw(st.integers(1_030, 3_000))) + b"}"
-        return Case(
-            route,
-            kind,
-            None,
-            raw,
-            on_collector("not valid JSON") if route == COLLECTOR else on_worker("not valid JSON"),
-        )
+        fates = everywhere("not valid JSON")
     elif kind == "not JSON":
         raw = draw(st.sampled_from([b"\xff\xfe", b"{event: Product Viewed", b'{"event": "\\ud800"}', b"[1,"]))
-        return Case(
-            route,
-            kind,
-            None,
-            raw,
-            on_collector("not valid JSON") if route == COLLECTOR else on_worker("not valid JSON"),
-        )
+        fates = everywhere("not valid JSON")
     else:  # empty
-        fate = on_collector("not valid JSON") if route == COLLECTOR else on_worker("empty message")
-        return Case(route, kind, None, b"", fate)
+        raw, fates = b"", (on_collector("not valid JSON"), on_worker("empty message"))
     fate = fates[0] if route == COLLECTOR else fates[1]
-    return Case(route, kind, bad, orjson.dumps(bad), fate, shopper if fate == PROCESSED else None)
+    sent = orjson.dumps(bad) if raw is None else raw
+    return Case(route, kind, bad, sent, fate, shopper if fate == PROCESSED else None)
 
 
 def generate(now: float) -> list[Case]:
@@ -531,15 +531,23 @@ async def test_ten_thousand_fuzzed_events_crash_nothing_lose_no_window_and_each_
                     f"{table} {key!r}: {len(wanted - held)} missing, {len(held - wanted)} extra or out of order"
                 )
 
+    async with aiohttp.ClientSession() as http, http.get(f"{worker_url}/metrics") as response:
+        metrics = await response.text()
+    read = next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith("intent_events_in_total "))
+    processed_online = int(read) - sum(dead_lettered.values())  # read, and not dead-lettered
+    accepted = sum(verdict is None for verdict in verdicts.values())
+    if read != accepted + len(routed[DIRECT]):
+        problems.append(f"the worker read {read} events, not the {accepted + len(routed[DIRECT])} on the topic")
     alive = worker.poll() is None and collector.poll() is None
     health = await healthy(worker_url) and await healthy(collector_url)
-    accepted = sum(verdict is None for verdict in verdicts.values())
     print(
         f"\nfuzzed events: {len(cases)} sent ({len(routed[COLLECTOR])} through the collector, {accepted} accepted; "
-        f"{len(routed[DIRECT])} straight onto the topic); {len(processed)} valid, {in_windows} in windows; "
+        f"{len(routed[DIRECT])} straight onto the topic); {len(processed)} valid, {processed_online} processed "
+        f"({in_windows} still in windows, the rest dropped by the windows' bounds, as offline); "
         f"{sum(dead_lettered.values())} dead-lettered ({len(must_dead_letter)} expected); {lost} lost, "
         f"{duplicated + repeated_letters} duplicated; kinds: {dict(Counter(c.kind for c in cases))}"
     )
     assert alive and health, deployment.logs() + (deployment.root / "collector.log").read_text()[-3000:]
     assert not problems, f"{len(problems)} problems, the first: " + "\n".join(problems[:15])
     assert lost == duplicated == repeated_letters == 0
+    assert processed_online == len(processed)
