@@ -7,6 +7,7 @@ import asyncio
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -210,7 +211,8 @@ async def test_a_hanging_a_gone_and_a_resetting_receiver_do_not_hold_up_a_health
         f"{len(healthy.received) - len(webhook_ids)} duplicated; latency alone max {max(baseline):.3f} s, "
         f"beside the misbehaving max {max(beside):.3f} s (bound {bound:.3f} s); "
         f"gone: {gone.requests} requests; hanging: {len(hanging_requests)} connections; "
-        f"reset: {len(reset_requests)} requests; dead letters: {len(letters)}"
+        f"reset: {len(reset_requests)} requests; dead letters: {len(letters)}, their attempts' errors: "
+        f"{dict(Counter(attempt['error'] for letter in letters for attempt in letter['attempts']))}"
     )
     assert healthy.change_ids() == alone_changes | beside_changes, deployment.logs()
     assert len(webhook_ids) == len(healthy.received)  # each delivered once
