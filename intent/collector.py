@@ -318,7 +318,12 @@ class Collector:
         sent_id = message.get("messageId")
         shown_id = sent_id if isinstance(sent_id, str) else None
         limit = self.settings.collector_max_message_bytes
-        if (size if size is not None else len(orjson.dumps(message))) > limit:
+        try:
+            size = size if size is not None else len(_written(message))
+        except InvalidEvent as error:
+            outcome.reject(index, shown_id, error.reason)
+            return
+        if size > limit:
             outcome.reject(index, shown_id, f"a message is limited to {limit} bytes")
             return
         call_type = message.get("type", "track")
@@ -361,7 +366,7 @@ class Collector:
             user_id = self.identities[event.anonymous_id]
             message = {**message, "userId": user_id}
         key = user_id or event.shopper_id
-        value = orjson.dumps(message)
+        value = _written(message)
         if len(value) > self.settings.max_event_bytes:  # the worker would dead-letter it
             raise InvalidEvent(
                 f"a message is limited to {self.settings.max_event_bytes} bytes with the fields the collector "
@@ -412,6 +417,15 @@ class Collector:
             else:
                 outcome.accepted += 1
         return failures
+
+
+def _written(message: dict[str, Any]) -> bytes:
+    """The message as the JSON the collector sends on. JSON parsers, orjson's included, read up to
+    1024 levels of nesting, but orjson writes at most 254: a message nested deeper is rejected."""
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError:
+        raise InvalidEvent("a message may nest objects and arrays at most 254 levels deep") from None
 
 
 def _corrected_time(timestamp: float) -> str:

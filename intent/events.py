@@ -190,7 +190,12 @@ def parse_time(value: Any, field: str = "timestamp") -> float:
         raise InvalidEvent(f"{field}: not ISO-8601: {value[:40]!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    timestamp = moment.timestamp()
+    try:  # an instant `iso_time` can show again (dead letters and IntentChanged do), not year 0 or 10000
+        datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, ValueError, OSError):
+        raise InvalidEvent(f"{field}: {value[:40]!r} is outside the years 1 to 9999 in UTC") from None
+    return timestamp
 
 
 def check_not_ahead(event: ShopperEvent, now: float, max_ahead_seconds: float) -> None:

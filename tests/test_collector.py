@@ -185,6 +185,11 @@ async def test_without_write_keys_configured_every_call_is_refused(start_collect
         (track("x", properties={"price": "free"}), "properties.price: expected a number, got str"),
         (track("x", context={"device": "phone"}), "context.device: expected an object, got str"),
         ({**track("x"), "type": "alias"}, "type: 'alias' is not one of ['identify', 'page', 'screen', 'track']"),
+        # JSON readers take 1024 levels, orjson writes 254: the collector could not send it on
+        (
+            track("x", properties={"extra": orjson.loads(b"[" * 300 + b"]" * 300)}),
+            "a message may nest objects and arrays at most 254 levels deep",
+        ),
     ],
 )
 async def test_a_single_bad_message_is_a_400_with_the_parsers_reason(

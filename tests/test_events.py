@@ -145,3 +145,14 @@ def test_an_event_dated_too_far_ahead_of_the_workers_clock_is_rejected_with_how_
     )
     check_not_ahead(parse_event(with_changes(timestamp="2026-01-05T08:05:00Z")), now, 300)  # a small skew
     check_not_ahead(parse_event(with_changes(timestamp="2019-10-01T00:00:00Z")), now, 300)  # history
+
+
+@pytest.mark.parametrize(
+    "timestamp", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59.9999999Z"]
+)
+def test_a_timestamp_outside_the_years_1_to_9999_in_utc_is_rejected_not_a_crash(timestamp: str) -> None:
+    # each one is valid ISO-8601, but an instant a dead letter or an IntentChanged cannot show again:
+    # the first one, dead-lettered as ahead of the clock, made the detection agent crash on its reason
+    with pytest.raises(InvalidEvent) as raised:
+        parse_event(with_changes(timestamp=timestamp))
+    assert raised.value.reason == f"timestamp: {timestamp!r} is outside the years 1 to 9999 in UTC"
