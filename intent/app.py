@@ -458,6 +458,10 @@ async def _committed_when_done(app: faust.App, batch: list[EventT]) -> AsyncIter
             "last committed offset",
             exc_info=error,
         )
+        for event in batch:
+            # given up: no ack of it reaches the consumer, so it is never committed, and the stopping
+            # consumer does not wait for it to be processed (Faust waits for every unacked message)
+            event.message.acked = True
         await app.crash(error)
         await asyncio.Event().wait()  # until the stopping worker cancels the agent
     for event in batch:

@@ -168,8 +168,13 @@ class IntentTracker:
                 shopper_windows[state_key] = state
             else:
                 scope, state_key, state = "session", key, session
-            if offset >= 0 and offset <= state.last_offset and partition == state.partition:
+            if _applied(state, partition, offset):
                 self.stats.replayed_events += 1
+                if not _applied(session, partition, offset):
+                    # a known shopper's window was saved with the event, her visit's was not (a failed
+                    # changelog write): the visit's clock is brought up to date, its event is not applied again
+                    self.policy.touch_session(session, event, now)
+                    session.partition, session.last_offset = partition, offset
                 continue  # already in the restored window: applied before a restart
             session.partition = state.partition = partition
             session.last_offset = state.last_offset = offset
@@ -368,6 +373,11 @@ def _ranking(model: IntentModel) -> _Ranking | None:
             if intent is not None
         },
     )
+
+
+def _applied(window: Window, partition: int, offset: int) -> bool:
+    """Whether `window` already holds the event read at `offset` of `partition` (a replay)."""
+    return 0 <= offset <= window.last_offset and partition == window.partition
 
 
 def _load(table: KeyValueStore, kept: dict[str, tuple[bytes, int]], key: str) -> Window | None:

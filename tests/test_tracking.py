@@ -201,6 +201,22 @@ def event(shopper: str, at: float, known: bool = True, category: str = "Coffee B
     return event_from_dict(orjson.loads(orjson.dumps(body)))
 
 
+def test_a_shoppers_window_saved_without_her_visits_gets_the_visits_clock_back_on_the_redo(
+    model: IntentModel,
+) -> None:
+    tracker = tracker_for(model)
+    visit = [event("ann", 1_999_990_000.0 + 60 * n, context={"sessionId": "v"}) for n in range(3)]
+    run(tracker, visit, batch=3)
+    before = dict(tracker.sessions.data)
+    tracker.sessions.data.clear()  # the visit's changelog write failed, the shopper's was acknowledged
+
+    assert run(tracker, visit, batch=3) == []  # the redo: nothing applied twice
+    assert tracker.stats.replayed_events == 3
+    restored, original = (Window.from_bytes(w[session_key(visit[0])]) for w in (tracker.sessions.data, before))
+    assert restored.last_event_time == original.last_event_time == visit[-1].timestamp
+    assert (restored.partition, restored.last_offset) == (original.partition, original.last_offset)
+
+
 def test_a_session_keeps_only_its_last_events_and_a_shopper_only_the_recent_days(
     model: IntentModel,
 ) -> None:

@@ -32,7 +32,8 @@ from tests.integration.conftest import Deployment
 pytestmark = pytest.mark.integration
 
 JOIN_AND_CATCH_UP_SECONDS = 150.0
-FAILING_SEND = 150  # a few micro-batches of 50 events into the stream
+HEAD_EVENTS = 100  # processed and committed before the failure: at most ~250 sends
+FAILING_SEND = 400  # so the failure falls in the rest of the stream, after commits
 BAD_LINES = [b"not json at all", b'["an", "array"]', orjson.dumps({"event": "Product Viewed"})]
 
 
@@ -137,18 +138,19 @@ async def test_a_failed_send_stops_the_worker_before_its_batch_is_committed_and_
     simulator = Simulator(seed=31)
     people = [coffee_tea_cold_story(simulator.world), *simulator.shoppers(40)]
     lines = [orjson.dumps(e) for e in sorted((e for p in people for e in p.events), key=lambda e: e["timestamp"])]
-    lines = lines[:100] + BAD_LINES + lines[100:]  # dead letters are effects too
+    lines = lines[:50] + BAD_LINES + lines[50:]  # dead letters are effects too
     bootstrap = deployment.broker.bootstrap_servers
-    await replay(lines, bootstrap, deployment.events_topic)
-    inputs = await read_topic(bootstrap, deployment.events_topic)  # with the offset each event got
-    assert len(inputs) == len(lines)
-
     settings = {"INTENT_BATCH_MAX_EVENTS": "50", "INTENT_EXPIRY_CHECK_SECONDS": "86400"}  # no sweep: all kept
     failing = deployment.start_worker(INTENT_TEST_FAIL_PRODUCE_ON_CALL=str(FAILING_SEND), **settings)
+    await replay(lines[:HEAD_EVENTS], bootstrap, deployment.events_topic)
+    await wait_for_lag_zero(bootstrap, deployment.app_id, deployment.events_topic, JOIN_AND_CATCH_UP_SECONDS)
+    await replay(lines[HEAD_EVENTS:], bootstrap, deployment.events_topic)
     assert failing.wait(timeout=JOIN_AND_CATCH_UP_SECONDS) != 0, deployment.logs()
-    assert "failed on purpose (INTENT_TEST_FAIL_PRODUCE_ON_CALL)" in deployment.logs()
+    assert "failed on purpose (INTENT_TEST_FAIL_PRODUCE_ON_CALL)" in (deployment.root / "worker-0.log").read_text()
 
     # What the stopped worker committed never passes an effect the broker did not acknowledge.
+    inputs = await read_topic(bootstrap, deployment.events_topic)  # with the offset each event got
+    assert len(inputs) == len(lines)
     committed = await committed_offsets(bootstrap, deployment.app_id, deployment.events_topic)
     below = [r for r in inputs if r.offset < committed.get(r.partition, 0)]
     assert 0 < len(below) < len(inputs), f"the failure should fall mid-stream: committed {committed}"
@@ -198,4 +200,4 @@ async def test_a_failed_send_stops_the_worker_before_its_batch_is_committed_and_
     assert lost == [], report
     assert set(served) == set(expected_changes), report
     assert differing_repeats == [], report
-    assert windows_differing == [] and extra_windows == set(), report
+    assert windows_differing == [] and extra_windows == set(), (report, windows_differing, extra_windows)
