@@ -5,15 +5,27 @@ shopper-events --(parse, validate)--> windows --> model --> detector --> intent-
 
 The windows are two Faust tables (sessions, shoppers) whose changelog topics make the state
 event-sourced: a restarted or rebalanced worker rebuilds them before it consumes again.
+
+An input offset is committed only once everything its event caused is acknowledged by the broker:
+the IntentChanged records, the changelog writes and the dead letters (`handle_batch` awaits them
+all). Faust's `take_events` acks a batch when the agent asks for the next one *or leaves*, even by
+an exception, and its commit then passes the batch. So `_committed_when_done` holds one more
+reference on each event of the batch and gives it up only when the batch succeeded. When a send
+fails (aiokafka has already retried it until its timeout), the agent takes no further batch and the
+worker stops: its committed offsets stay before the failed batch, and whichever worker owns the
+partitions next (this one, restarted) redoes the batch, with the same change ids. Going on instead
+would process later events on windows that miss the failed batch's, and save them: the redo would
+then skip the batch as already applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -57,6 +69,7 @@ class TableStore:
     The changelog records go to the producer in order, a burst at a time, from one task: Faust's
     `send_changelog` queues each record through its producer buffer and a task of its own, which
     cost more per event than all of the detector's work (py-spy, benchmarks/throughput.py).
+    `flush` returns once the broker has acknowledged them, and raises if it did not.
     """
 
     def __init__(self, table: faust.Table, owned_partitions: Any) -> None:
@@ -64,6 +77,8 @@ class TableStore:
         self._owned_partitions = owned_partitions
         self._unsent: list[tuple[int, bytes, bytes | None]] = []
         self._sending: asyncio.Task[None] | None = None
+        # the deliveries of the records sent, until a flush sees them acknowledged (a failed one stays)
+        self._deliveries: list[asyncio.Future[Any]] = []
 
     def get(self, key: str) -> bytes | None:
         return self.table.data.get(key)
@@ -81,9 +96,17 @@ class TableStore:
         return iter(list(self.table.data.items()))
 
     async def flush(self) -> None:
-        """Return once every record written so far is with the producer (not yet acknowledged)."""
+        """Return once the broker has acknowledged every record written so far; raise the error of
+        one it did not acknowledge (again at every later flush: the table and its changelog differ)."""
         while self._sending is not None:
             await asyncio.shield(self._sending)
+        deliveries = list(self._deliveries)
+        if deliveries:
+            await asyncio.wait(deliveries)  # unlike gather, never cancels them if this flush is cancelled
+            for delivery in deliveries:
+                delivery.result()
+            acknowledged = set(deliveries)
+            self._deliveries = [delivery for delivery in self._deliveries if delivery not in acknowledged]
 
     def _send(self, partition: int, key: str, value: bytes | None) -> None:
         # keys as the table's serializer writes them (JSON strings), so recovery reads them back
@@ -98,7 +121,8 @@ class TableStore:
             while self._unsent:
                 records, self._unsent = self._unsent, []
                 for partition, key, value in records:
-                    await producer.send(topic, key, value, partition, None, None)
+                    delivery = await producer.send(topic, key, value, partition, None, None)
+                    self._deliveries.append(asyncio.ensure_future(delivery))
         except Exception:  # the producer failed: Faust crashes the worker on its own send errors too
             log.exception("changelog records of %s not sent", topic)
             raise
@@ -126,7 +150,7 @@ class IntentWorker:
     read_offsets: dict[int, int] = field(default_factory=dict)  # last input offset per partition
 
     async def flush_changelogs(self) -> None:
-        """Return once every table write made so far is with the producer."""
+        """Return once every table write made so far is acknowledged by the broker (or raise)."""
         for store in self.stores:
             await store.flush()
 
@@ -173,7 +197,12 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         coverage.summary("products"),
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    app = IntentApp(settings.app_id, fetch_max_wait_seconds=settings.fetch_max_wait_seconds, **faust_settings(settings))
+    app = IntentApp(
+        settings.app_id,
+        fetch_max_wait_seconds=settings.fetch_max_wait_seconds,
+        fail_produce_on_call=settings.test_fail_produce_on_call,
+        **faust_settings(settings),
+    )
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes)
     changes_topic = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes)
     dead_letter_topic = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
@@ -343,16 +372,19 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         @app.agent(events_topic, name="key-events-by-shopper")
         async def key_events_by_shopper(stream: faust.StreamT) -> None:
             async for batch in stream.take_events(settings.batch_max_events, settings.batch_max_seconds):
-                for event, parsed in _parse_batch(batch, settings, tracker.clock()):
-                    if isinstance(parsed, ShopperEvent):
-                        await source.send(key=parsed.shopper_id.encode(), value=event.value)
-                    else:
-                        await _dead_letter(dead_letter_topic, event, parsed)
+                async with _committed_when_done(app, batch):
+                    deliveries = []
+                    for event, parsed in _parse_batch(batch, settings, tracker.clock()):
+                        if isinstance(parsed, ShopperEvent):
+                            deliveries.append(await source.send(key=parsed.shopper_id.encode(), value=event.value))
+                        else:
+                            deliveries.append(await _dead_letter(dead_letter_topic, event, parsed))
+                    await asyncio.gather(*deliveries)
 
     @app.agent(source, name="detect-intent")
     async def detect_intent(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(settings.batch_max_events, settings.batch_max_seconds):
-            async with erasure.lock:  # an erasure is applied between batches, never inside one
+            async with _committed_when_done(app, batch), erasure.lock:  # an erasure waits for a whole batch
                 await handle_batch(worker, batch)
 
     @app.timer(interval=5.0)
@@ -412,6 +444,30 @@ def _parse_batch(batch: list[EventT], settings: Settings, now: float) -> Iterato
                 yield event, parsed
 
 
+@contextlib.asynccontextmanager
+async def _committed_when_done(app: faust.App, batch: list[EventT]) -> AsyncIterator[None]:
+    """Let the offsets of `batch` be committed only if the block succeeds; if it raises, stop the
+    worker and never return: no later batch is processed (the module docstring says why)."""
+    for event in batch:
+        event.message.incref()  # Faust's own ack at the next batch (or on the way out) is then not the last
+    try:
+        yield
+    except Exception as error:
+        log.critical(
+            "a micro-batch's effects were not acknowledged: stopping the worker; it is redone from the "
+            "last committed offset",
+            exc_info=error,
+        )
+        for event in batch:
+            # given up: no ack of it reaches the consumer, so it is never committed, and the stopping
+            # consumer does not wait for it to be processed (Faust waits for every unacked message)
+            event.message.acked = True
+        await app.crash(error)
+        await asyncio.Event().wait()  # until the stopping worker cancels the agent
+    for event in batch:
+        event.ack()
+
+
 def _assigned_partitions(app: faust.App, topic: faust.TopicT) -> set[int]:
     """The partitions of `topic` this worker owns now (the same numbers for every co-partitioned topic)."""
     name = topic.get_topic_name()
@@ -435,13 +491,14 @@ async def handle_batch(worker: IntentWorker, batch: list[EventT]) -> None:
     metrics.EVENTS_IN.inc(len(batch))
     metrics.MICRO_BATCH_EVENTS.observe(len(batch))
     accepted: list[tuple[EventT, ShopperEvent]] = []
+    deliveries = []  # of the dead letters and the changes: all acknowledged before the windows are saved
     for event, parsed in _parse_batch(batch, worker.settings, worker.tracker.clock()):
         worker.read_offsets[event.message.partition] = event.message.offset
         if isinstance(parsed, ShopperEvent):
             accepted.append((event, parsed))
         else:
             metrics.EVENTS_REJECTED.labels(metrics.reason_kind(parsed)).inc()
-            await _dead_letter(worker.dead_letter_topic, event, parsed)
+            deliveries.append(await _dead_letter(worker.dead_letter_topic, event, parsed))
     tracker = worker.tracker
     try:
         changes = tracker.process(
@@ -449,16 +506,17 @@ async def handle_batch(worker: IntentWorker, batch: list[EventT]) -> None:
             [(event.message.partition, event.message.offset) for event, _ in accepted],
         )
     except Exception:
-        # The tracker stores nothing until `save`, so the batch can be redone event by event.
+        # The tracker stores nothing until `save`, so the batch can be redone event by event: each
+        # event's windows are kept (unsaved) for the next events, and saved with the batch's below.
         log.exception("a micro-batch failed; processing its events one by one")
         changes = []
         for event, parsed in accepted:
             try:
                 changes += tracker.process([parsed], [(event.message.partition, event.message.offset)])
-                tracker.save()
+                tracker.keep()
             except Exception as error:  # one bad event must not stop the stream
-                await _dead_letter(worker.dead_letter_topic, event, f"processing failed: {error!r}")
-    deliveries = []
+                reason = f"processing failed: {error!r}"
+                deliveries.append(await _dead_letter(worker.dead_letter_topic, event, reason))
     for change in changes:
         deliveries.append(
             await worker.changes_topic.send(key=change["shopper_id"].encode(), value=orjson.dumps(change))
@@ -480,13 +538,13 @@ async def handle_batch(worker: IntentWorker, batch: list[EventT]) -> None:
             },
         )
     # Windows are stored only once the changes they caused are on the broker: see intent.tracking.
-    if deliveries:
-        await asyncio.gather(*deliveries)
+    await asyncio.gather(*deliveries)
     tracker.save()
-    await worker.flush_changelogs()  # with the producer before this batch's events are acknowledged
+    await worker.flush_changelogs()  # acknowledged before this batch's offsets may be committed
 
 
-async def _dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> None:
+async def _dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> Awaitable[Any]:
+    """Send the dead letter of `event`; returns its delivery, to await."""
     message = event.message
     raw = event.value if isinstance(event.value, bytes | bytearray) else b""
     record = {
@@ -498,7 +556,7 @@ async def _dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> None:
         "original_base64": base64.b64encode(raw).decode(),
         "rejected_at": iso_time(time.time()),
     }
-    await topic.send(key=message.key if isinstance(message.key, bytes) else None, value=orjson.dumps(record))
+    delivery = await topic.send(key=message.key if isinstance(message.key, bytes) else None, value=orjson.dumps(record))
     metrics.DEAD_LETTERS.labels(topic.get_topic_name()).inc()
     log.warning(
         "dead-lettered %s/%s/%s: %s",
@@ -508,3 +566,4 @@ async def _dead_letter(topic: faust.TopicT, event: EventT, reason: str) -> None:
         reason,
         extra={"ids": {"topic": message.topic, "partition": message.partition, "offset": message.offset}},
     )
+    return delivery

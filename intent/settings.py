@@ -171,6 +171,11 @@ class Settings(BaseSettings):
         REPO_DIR.parent / "shared" / "data",
         description="Folder with the public shopping-log samples used by replay and benchmarks.",
     )
+    test_fail_produce_on_call: int | None = Field(
+        None,
+        description="Tests only, never in production: the worker's producer fails its Nth send (from 1) as "
+        "a broker that refused it would; the fault tests prove that such a failure loses nothing.",
+    )
 
     @property
     def api_token_list(self) -> tuple[str, ...]:

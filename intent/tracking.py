@@ -9,6 +9,8 @@ Delivery is at-least-once, so a restarted worker may read events again whose eff
 windows already hold: each window records the input offset of its last event and skips replays.
 `process` computes; `save` writes the windows. The app saves only after the IntentChanged events
 are acknowledged, so a crash in between repeats a change (with the same id) but never loses one.
+`keep` holds a call's windows unsaved for the next calls: a failed batch is redone event by event and
+its windows saved once, with its changes acknowledged. A redo does not teach the crowd an event twice.
 
 `expire` sweeps idle windows away, judging each by the event clock of its own input partition
 (partitions are read at their own pace), and keeps the windows of each kind within a bound, the
@@ -108,6 +110,10 @@ class IntentTracker:
         self.stats = TrackerStats()
         self._dirty_sessions: dict[str, Window] = {}
         self._dirty_shoppers: dict[str, Window] = {}
+        # windows kept by `keep` until `save`: serialized, so a later call that fails leaves them intact
+        self._kept_sessions: dict[str, tuple[bytes, int]] = {}
+        self._kept_shoppers: dict[str, tuple[bytes, int]] = {}
+        self._observed: set[tuple[int, int]] = set()  # input positions `observe_event` saw since `save`
 
     def activate(self, model: IntentModel) -> None:
         """Serve a new model version; windows are re-encoded with it when next touched.
@@ -137,10 +143,12 @@ class IntentTracker:
         positions: Sequence[tuple[int, int]] | None = None,
     ) -> list[dict[str, Any]]:
         """Feed events in stream order, with the (partition, offset) each came from; returns the
-        IntentChanged events they cause. Call `save` to store the windows."""
+        IntentChanged events they cause. Call `save` to store the windows (or `keep`). A call
+        that raises changes no window: its events can be processed again."""
         now = self.clock()
-        session_windows = self._dirty_sessions = {}
-        shopper_windows = self._dirty_shoppers = {}
+        self._dirty_sessions, self._dirty_shoppers = {}, {}
+        session_windows: dict[str, Window] = {}  # the call's windows, for `save` once it succeeded
+        shopper_windows: dict[str, Window] = {}
         rounds: list[list[_Step]] = []
         steps_per_window: dict[int, int] = defaultdict(int)
         clocks = self.event_clocks
@@ -148,16 +156,25 @@ class IntentTracker:
             partition, offset = positions[number] if positions else (0, -1)
             clocks[partition] = max(clocks.get(partition, 0.0), event.timestamp)
             key = session_key(event)
-            session = self.policy.session_for(session_windows.get(key) or _load(self.sessions, key), event)
+            session = self.policy.session_for(
+                session_windows.get(key) or _load(self.sessions, self._kept_sessions, key), event
+            )
             session_windows[key] = session
             if event.user_id:
                 scope, state_key = "shopper", event.user_id
-                state = shopper_windows.get(state_key) or _load(self.shoppers, state_key) or Window()
+                state = (
+                    shopper_windows.get(state_key) or _load(self.shoppers, self._kept_shoppers, state_key) or Window()
+                )
                 shopper_windows[state_key] = state
             else:
                 scope, state_key, state = "session", key, session
-            if offset >= 0 and offset <= state.last_offset and partition == state.partition:
+            if _applied(state, partition, offset):
                 self.stats.replayed_events += 1
+                if not _applied(session, partition, offset):
+                    # a known shopper's window was saved with the event, her visit's was not (a failed
+                    # changelog write): the visit's clock is brought up to date, its event is not applied again
+                    self.policy.touch_session(session, event, now)
+                    session.partition, session.last_offset = partition, offset
                 continue  # already in the restored window: applied before a restart
             session.partition = state.partition = partition
             session.last_offset = state.last_offset = offset
@@ -165,8 +182,10 @@ class IntentTracker:
                 state.personalization_allowed = event.personalization_allowed
             self._ensure_model_state(state)
             features = self.model.featurizer.encode(event, state.previous_timestamp())
-            if self._observe_event is not None:
+            if self._observe_event is not None and (partition, offset) not in self._observed:
                 self._observe_event(event, state)
+                if offset >= 0:  # a redo of this event (a failed batch, event by event) is not news
+                    self._observed.add((partition, offset))
             if state is session:
                 self.policy.add_to_session(session, event, now)
             else:
@@ -192,18 +211,27 @@ class IntentTracker:
             )
 
         changes = [change for steps in rounds for change in self._run_round(steps)]
+        self._dirty_sessions, self._dirty_shoppers = session_windows, shopper_windows
         self.stats.events += len(events)
         self.stats.intent_changes += len(changes)
         self.stats.batches += 1
         return changes
 
+    def keep(self) -> None:
+        """Hold the windows the last `process` call changed, unsaved, for the next calls to build on."""
+        for kept, dirty in ((self._kept_sessions, self._dirty_sessions), (self._kept_shoppers, self._dirty_shoppers)):
+            for key, window in dirty.items():
+                kept[key] = (window.to_bytes(), window.partition)
+            dirty.clear()
+
     def save(self) -> None:
-        """Store the windows the last `process` call changed."""
-        for key, window in self._dirty_sessions.items():
-            self.sessions.put(key, window.to_bytes(), window.partition)
-        for key, window in self._dirty_shoppers.items():
-            self.shoppers.put(key, window.to_bytes(), window.partition)
-        self._dirty_sessions, self._dirty_shoppers = {}, {}
+        """Store the windows the last `process` call changed and those kept since the last save."""
+        self.keep()
+        for store, kept in ((self.sessions, self._kept_sessions), (self.shoppers, self._kept_shoppers)):
+            for key, (raw, partition) in kept.items():
+                store.put(key, raw, partition)
+            kept.clear()
+        self._observed.clear()
 
     def _run_round(self, steps: list[_Step]) -> list[dict[str, Any]]:
         features = np.array([step.features for step in steps], dtype=np.int64)
@@ -347,8 +375,14 @@ def _ranking(model: IntentModel) -> _Ranking | None:
     )
 
 
-def _load(table: KeyValueStore, key: str) -> Window | None:
-    raw = table.get(key)
+def _applied(window: Window, partition: int, offset: int) -> bool:
+    """Whether `window` already holds the event read at `offset` of `partition` (a replay)."""
+    return 0 <= offset <= window.last_offset and partition == window.partition
+
+
+def _load(table: KeyValueStore, kept: dict[str, tuple[bytes, int]], key: str) -> Window | None:
+    """A fresh copy of the window at `key`: the one kept unsaved, else the stored one."""
+    raw = kept[key][0] if key in kept else table.get(key)
     return None if raw is None else Window.from_bytes(raw)
 
 

@@ -10,14 +10,20 @@ in two places measured with py-spy on `benchmarks/throughput.py`:
   waits for room. When nothing can make the delivery wait (flow running, producer buffer below its
   limit, no stream buffer full) `FastDeliveryConsumer` awaits the delivery itself: the same result,
   without the tasks. Otherwise it takes Faust's path.
+
+For the fault tests only, `INTENT_TEST_FAIL_PRODUCE_ON_CALL=N` puts `FailingProducer` under the app:
+its Nth send fails as a broker refusing the record would. Without the setting it is not installed.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import aiokafka
 import faust
+from aiokafka.errors import KafkaTimeoutError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
 from faust.types.web import Web
@@ -27,14 +33,19 @@ from intent.web import OwnRoutesWeb
 
 
 class IntentApp(faust.App):
-    """A Faust app on `IntentTransport`, whose consumer fetches with `fetch_max_wait_seconds`."""
+    """A Faust app on `IntentTransport`, whose consumer fetches with `fetch_max_wait_seconds`;
+    `fail_produce_on_call` (tests only) makes that send of its producer fail."""
 
-    def __init__(self, id: str, *, fetch_max_wait_seconds: float, **options: Any) -> None:
+    def __init__(
+        self, id: str, *, fetch_max_wait_seconds: float, fail_produce_on_call: int | None = None, **options: Any
+    ) -> None:
         self.fetch_max_wait_seconds = fetch_max_wait_seconds
+        self.fail_produce_on_call = fail_produce_on_call
         super().__init__(id, **options)
 
     def _new_transport(self) -> TransportT:
-        return IntentTransport(self.conf.broker_consumer, self)
+        transport = IntentTransport if self.fail_produce_on_call is None else FailingProducerTransport
+        return transport(self.conf.broker_consumer, self)
 
     def _new_web(self) -> Web:
         # Faust's own pages read tables without authentication: the web server serves ours only
@@ -76,3 +87,23 @@ class FastDeliveryConsumer(faust_aiokafka.Consumer):
 
 class IntentTransport(faust_aiokafka.Transport):
     Consumer = FastDeliveryConsumer
+
+
+class FailingProducer(faust_aiokafka.Producer):
+    """Tests only: the app's `fail_produce_on_call`-th send is never sent, and its delivery fails as
+    aiokafka's does when the broker does not acknowledge a record in time."""
+
+    sends = 0
+
+    async def send(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        self.sends += 1
+        if self.sends != self.app.fail_produce_on_call:  # type: ignore[attr-defined]
+            return await super().send(*args, **kwargs)
+        delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failure = f"send {self.sends} failed on purpose (INTENT_TEST_FAIL_PRODUCE_ON_CALL)"
+        delivery.set_exception(KafkaTimeoutError(failure))
+        return delivery
+
+
+class FailingProducerTransport(IntentTransport):
+    Producer = FailingProducer

@@ -128,6 +128,67 @@ def test_nothing_is_stored_until_save(model: IntentModel, mixed_stream: list[Sho
     assert tracker.sessions.data
 
 
+def redo_event_by_event(tracker: IntentTracker, events: list[ShopperEvent], positions: list[tuple[int, int]]) -> list:
+    """What the app does when a micro-batch fails: each event alone, its windows kept until the end."""
+    changes = []
+    for one, position in zip(events, positions, strict=True):
+        changes += tracker.process([one], [position])
+        tracker.keep()
+    return changes
+
+
+class FailingOnce:
+    """An `enrich_change` that fails the first change it sees, as a bug in a batch would."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def __call__(self, change: dict, window_events: list, scores: object) -> dict:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a batch that fails")
+        return change
+
+
+def test_a_failed_batch_redone_event_by_event_saves_its_windows_once_and_teaches_the_crowd_each_event_once(
+    model: IntentModel, mixed_stream: list[ShopperEvent]
+) -> None:
+    head = mixed_stream[:120]
+    positions = [(0, offset) for offset in range(len(head))]
+    observed: list[str] = []
+    tracker = IntentTracker(
+        model,
+        WindowPolicy(),
+        DictStore(),
+        DictStore(),
+        clock=FrozenClock(2_000_000_000.0),
+        observe_event=lambda one, window: observed.append(one.message_id),
+        enrich_change=FailingOnce(),
+    )
+    with pytest.raises(RuntimeError, match="a batch that fails"):
+        tracker.process(head, positions)
+    changes = redo_event_by_event(tracker, head, positions)
+    assert tracker.sessions.data == {} and tracker.shoppers.data == {}  # not before the changes are sent
+    tracker.save()
+
+    in_one_batch = tracker_for(model)
+    expected = in_one_batch.process(head, positions)
+    in_one_batch.save()
+    assert expected and sorted(c["id"] for c in changes) == sorted(c["id"] for c in expected)
+    assert tracker.sessions.data == in_one_batch.sessions.data
+    assert tracker.shoppers.data == in_one_batch.shoppers.data
+    assert sorted(observed) == sorted(e.message_id for e in head)  # once each, not again on the redo
+
+
+def test_a_failed_process_call_leaves_no_window_to_save(model: IntentModel, mixed_stream: list[ShopperEvent]) -> None:
+    tracker = tracker_for(model)
+    tracker._enrich_change = FailingOnce()
+    with pytest.raises(RuntimeError):
+        tracker.process(mixed_stream[:120], [(0, i) for i in range(120)])
+    tracker.save()
+    assert tracker.sessions.data == {} and tracker.shoppers.data == {}
+
+
 def event(shopper: str, at: float, known: bool = True, category: str = "Coffee Beans", **extra: object) -> ShopperEvent:
     body = {
         "event": "Product Viewed",
@@ -138,6 +199,22 @@ def event(shopper: str, at: float, known: bool = True, category: str = "Coffee B
         **extra,
     }
     return event_from_dict(orjson.loads(orjson.dumps(body)))
+
+
+def test_a_shoppers_window_saved_without_her_visits_gets_the_visits_clock_back_on_the_redo(
+    model: IntentModel,
+) -> None:
+    tracker = tracker_for(model)
+    visit = [event("ann", 1_999_990_000.0 + 60 * n, context={"sessionId": "v"}) for n in range(3)]
+    run(tracker, visit, batch=3)
+    before = dict(tracker.sessions.data)
+    tracker.sessions.data.clear()  # the visit's changelog write failed, the shopper's was acknowledged
+
+    assert run(tracker, visit, batch=3) == []  # the redo: nothing applied twice
+    assert tracker.stats.replayed_events == 3
+    restored, original = (Window.from_bytes(w[session_key(visit[0])]) for w in (tracker.sessions.data, before))
+    assert restored.last_event_time == original.last_event_time == visit[-1].timestamp
+    assert (restored.partition, restored.last_offset) == (original.partition, original.last_offset)
 
 
 def test_a_session_keeps_only_its_last_events_and_a_shopper_only_the_recent_days(
@@ -340,7 +417,7 @@ def test_a_lagging_partition_catching_up_loses_nothing(model: IntentModel) -> No
         reference = Window.from_bytes(in_time.shoppers.data[shopper])
         assert caught_up.lines == reference.lines
         assert np.allclose(caught_up.hidden_state(), reference.hidden_state(), atol=1e-5)
-    assert sorted(c["id"] for c in changes) == sorted(c["id"] for c in expected)
+    assert expected and sorted(c["id"] for c in changes) == sorted(c["id"] for c in expected)
 
 
 def test_the_windows_of_each_kind_are_bounded_and_the_least_recently_seen_go_first(model: IntentModel) -> None:
