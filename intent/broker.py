@@ -68,6 +68,11 @@ class EmbeddedBroker:
     def url(self) -> str:
         return f"kafka://{self.bootstrap_servers}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (for signals: tests freeze it with SIGSTOP)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout: float = 30.0) -> None:
         """Spawn the broker and return once it answers Kafka requests, else raise `BrokerError`."""
         if self._process is not None:
