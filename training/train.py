@@ -153,15 +153,33 @@ def train(
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
         scheduler.step()
         score = accuracy(predict(model, validation_features), validation_labels)
-        result.validation_accuracy.append(score)
-        tqdm.write(
-            f"epoch {epoch + 1}/{config.epochs}: validation accuracy {score:.4f} "
-            f"({time.perf_counter() - started:.0f} s)"
-        )
-        if score >= max(result.validation_accuracy):
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            result.best_epoch = epoch + 1
+        best_state = _keep_the_best(model, result, epoch, config.epochs, score, started, best_state)
     bar.close()
+    return _finished(model, result, best_state, started)
+
+
+def _keep_the_best(
+    model: nn.Module,
+    result: TrainResult,
+    epoch: int,
+    epochs: int,
+    score: float,
+    started: float,
+    best_state: dict[str, torch.Tensor] | None,
+) -> dict[str, torch.Tensor] | None:
+    """Record an epoch's validation score; returns the weights of the best epoch so far."""
+    result.validation_accuracy.append(score)
+    tqdm.write(f"epoch {epoch + 1}/{epochs}: validation {score:.4f} ({time.perf_counter() - started:.0f} s)")
+    if score >= max(result.validation_accuracy):
+        result.best_epoch = epoch + 1
+        return {k: v.clone() for k, v in model.state_dict().items()}
+    return best_state
+
+
+def _finished(
+    model: nn.Module, result: TrainResult, best_state: dict[str, torch.Tensor] | None, started: float
+) -> TrainResult:
+    """The model with its best epoch's weights, in evaluation mode."""
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
@@ -275,15 +293,6 @@ def train_next_basket(
                 optimizer.step()
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}")
         scheduler.step()
-        score = validation_score(model)
-        result.validation_accuracy.append(score)
-        tqdm.write(f"epoch {epoch + 1}/{config.epochs}: validation {score:.4f} ({time.perf_counter() - started:.0f} s)")
-        if score >= max(result.validation_accuracy):
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            result.best_epoch = epoch + 1
+        best_state = _keep_the_best(model, result, epoch, config.epochs, validation_score(model), started, best_state)
     bar.close()
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
-    result.seconds = time.perf_counter() - started
-    return result
+    return _finished(model, result, best_state, started)

@@ -8,13 +8,15 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 import pytest
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
 from intent.broker import EmbeddedBroker, free_port
@@ -146,3 +148,18 @@ async def read_until(
     finally:
         await consumer.stop()
     return records
+
+
+@asynccontextmanager
+async def http_receiver(handle: Callable[[web.Request], Any]) -> AsyncIterator[str]:
+    """A local webhook endpoint answering POST /hooks with `handle`; yields its URL."""
+    app = web.Application()
+    app.router.add_post("/hooks", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hooks"
+    finally:
+        await runner.cleanup()

@@ -13,8 +13,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from intent.stores import DictStore
 from intent.tracking import IntentTracker
 from intent.window import Window, WindowPolicy
 from tests.conftest import broker_unavailable
-from tests.integration.conftest import API_TOKEN, PARTITIONS, Deployment
+from tests.integration.conftest import API_TOKEN, PARTITIONS, Deployment, http_receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -86,20 +85,6 @@ class Receiver:
 
     def change_ids(self) -> set[str]:
         return {change_id for _, change_id in self.received}
-
-
-@asynccontextmanager
-async def serve(receiver: Receiver) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post("/hooks", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hooks"
-    finally:
-        await runner.cleanup()
 
 
 async def send_paced(lines: list[bytes], bootstrap_servers: str, topic: str) -> None:
@@ -199,7 +184,7 @@ async def test_a_broker_frozen_longer_than_the_group_session_loses_and_repeats_n
     )
     api = f"http://127.0.0.1:{deployment.web_ports[0]}"
     receiver = Receiver()
-    async with serve(receiver) as receiver_url:
+    async with http_receiver(receiver.handle) as receiver_url:
         await subscribe(api, API_TOKEN, receiver_url, JOIN_AND_CATCH_UP_SECONDS)
         # the worker is in its group and processing before the events that the freeze interrupts
         await send_paced(lines[:20], bootstrap, deployment.events_topic)

@@ -27,7 +27,7 @@ from intent.simulate import Simulator
 from intent.stores import DictStore
 from intent.tracking import IntentTracker
 from intent.window import WindowPolicy
-from tests.integration.conftest import API_TOKEN, Deployment, read_until
+from tests.integration.conftest import API_TOKEN, Deployment, http_receiver, read_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,20 +60,6 @@ class GoneReceiver:
     async def handle(self, _: web.Request) -> web.Response:
         self.requests += 1
         return web.Response(status=410)
-
-
-@asynccontextmanager
-async def http_receiver(handle: Callable[[web.Request], Any]) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_post("/hooks", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hooks"
-    finally:
-        await runner.cleanup()
 
 
 class Hang(asyncio.Protocol):
