@@ -23,7 +23,6 @@ from typing import Any
 
 import faust
 import mode
-import orjson
 from faust.types import TP, ConsumerT
 
 from intent import observability as metrics
@@ -188,6 +187,10 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         for store in stores:
             await store.flush()
 
+    async def flush_delivery_state() -> None:
+        await pending_store.flush()
+        await caps_store.flush()
+
     detection = DetectionPath(settings, tracker, changes_topic, dead_letter_topic, flush_changelogs)
     subscriptions = SubscriptionLog(settings.bootstrap_servers, settings.subscriptions_topic)
     delivery = DeliveryPath(
@@ -199,6 +202,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         webhook_dead_letters,
         owned_change_partitions,
         erased_after=lambda shopper, detected_at: erasure.erased_after(shopper, detected_at),
+        flush=flush_delivery_state,
     )
     erasure = ShopperErasure(
         settings.bootstrap_servers,
@@ -229,8 +233,9 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
 
     @app.agent(changes_topic, name="deliver-intent-changes")
     async def deliver_intent_changes(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            delivery.handle(orjson.loads(event.value), event.message.partition)
+        async for batch in stream.take_events(settings.batch_max_events, settings.batch_max_seconds):
+            async with committed_when_done(app, batch):
+                await delivery.handle_batch(batch)
 
     @app.service
     class WebhookDelivery(mode.Service):

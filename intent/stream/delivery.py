@@ -3,17 +3,22 @@ subscriptions -> pending webhook deliveries, attempted by `intent.webhooks.deliv
 
 It reads the changes topic, keyed by shopper and partitioned as the input, so the worker that owns
 a shopper's windows also owns its caps and pending deliveries: a rebalance moves them together.
+The changes topic is this path's input, and the same guarantee holds as on the detection path: a
+change's offset is committed only once its pending deliveries and cap entry are acknowledged
+(`handle_batch` flushes them, inside `committed_when_done`). Otherwise a worker that died after the
+commit would leave a change that no worker ever delivers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Container
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import orjson
+from faust.types import EventT
 
 from intent import observability as metrics
 from intent.policy import DeliveryPolicy
@@ -43,9 +48,12 @@ class DeliveryPath:
         webhook_dead_letters: RecordSink,
         owned_partitions: Callable[[], Container[int]],
         erased_after: Callable[[str, float], bool],
+        flush: Callable[[], Awaitable[None]],
     ) -> None:
-        """`erased_after(shopper, t)`: whether the shopper was erased after time `t` (`ShopperErasure`)."""
+        """`erased_after(shopper, t)`: whether the shopper was erased after time `t` (`ShopperErasure`);
+        `flush()`: returns once the writes to `pending` and `caps` are acknowledged, or raises."""
         self.subscriptions = subscriptions
+        self._flush = flush
         self.policy = policy
         self.caps = caps
         self._webhook_dead_letters = webhook_dead_letters
@@ -61,6 +69,12 @@ class DeliveryPath:
             disable=self._disable,
             owned_partitions=owned_partitions,  # after a rebalance, the new owner retries
         )
+
+    async def handle_batch(self, batch: list[EventT]) -> None:
+        """Handle each change of `batch`; return once what they stored is acknowledged, or raise."""
+        for event in batch:
+            self.handle(orjson.loads(event.value), event.message.partition)
+        await self._flush()
 
     def handle(self, change: dict[str, Any], partition: int) -> str:
         """Deliver `change`, read from `partition`, to its subscriptions; what became of it: `ENQUEUED`,

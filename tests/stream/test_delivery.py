@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from faust.types.tuples import Message
 
 from intent.policy import DeliveryPolicy
 from intent.settings import Settings
@@ -47,8 +49,26 @@ def pending() -> DictStore:
     return DictStore()
 
 
+@dataclass
+class Flushes:
+    """Counts the flushes of the path's stores, and fails them when told to."""
+
+    count: int = 0
+    failure: Exception | None = None
+
+    async def flush(self) -> None:
+        self.count += 1
+        if self.failure is not None:
+            raise self.failure
+
+
 @pytest.fixture
-def path(tmp_path: Path, pending: DictStore) -> DeliveryPath:
+def flushes() -> Flushes:
+    return Flushes()
+
+
+@pytest.fixture
+def path(tmp_path: Path, pending: DictStore, flushes: Flushes) -> DeliveryPath:
     # the first attempt a minute away: these tests look at what is stored, not at what is sent
     settings = Settings(data_dir=tmp_path, webhook_retry_schedule="60,60")
     return DeliveryPath(
@@ -60,6 +80,7 @@ def path(tmp_path: Path, pending: DictStore) -> DeliveryPath:
         Sink(),
         owned_partitions=lambda: {0, 1},
         erased_after=lambda shopper, detected_at: shopper == ERASED,
+        flush=flushes.flush,
     )
 
 
@@ -108,3 +129,38 @@ def test_a_change_of_an_erased_shopper_is_neither_stored_nor_counted(path: Deliv
 
     assert path.handle(change(1, shopper=ERASED), 0) == SHOPPER_ERASED
     assert pending.data == {} and path.caps.get(ERASED) is None
+
+
+@dataclass
+class ChangeEvent:
+    """What the path reads of a Faust event on the changes topic."""
+
+    value: bytes
+    message: Message
+
+
+def events(*changes: dict[str, Any]) -> list[ChangeEvent]:
+    return [
+        ChangeEvent(raw, Message("intent-changes", 1, n, 0.0, 0, [], b"shopper-1", raw, None))
+        for n, raw in enumerate(orjson.dumps(c) for c in changes)
+    ]
+
+
+async def test_a_batch_of_changes_returns_only_once_what_it_stored_is_flushed(
+    path: DeliveryPath, pending: DictStore, flushes: Flushes
+) -> None:
+    subscribe(path)
+
+    await path.handle_batch(events(change(1), change(2)))
+
+    assert len(pending.data) == 2 and flushes.count == 1
+
+
+async def test_a_batch_whose_writes_are_not_acknowledged_raises_so_its_offsets_are_not_committed(
+    path: DeliveryPath, flushes: Flushes
+) -> None:
+    subscribe(path)
+    flushes.failure = TimeoutError("not acknowledged")
+
+    with pytest.raises(TimeoutError, match="not acknowledged"):
+        await path.handle_batch(events(change(1)))
