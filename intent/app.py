@@ -37,6 +37,7 @@ from faust.serializers import codecs
 from faust.types import TP, ConsumerT, EventT
 
 from intent import observability as metrics
+from intent.console import Console
 from intent.domain import (
     Domain,
     check_servable,
@@ -274,6 +275,8 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
             "disabled subscription %s: %s", subscription.id, reason, extra={"ids": {"subscription_id": subscription.id}}
         )
 
+    # the console (intent/console/): its routes, live feed and the record of webhook attempts
+    console = Console(settings, domain.taxonomy.intents, model.version, domain.name)
     deliverer = Deliverer(
         subscriptions.registry,
         pending_store := TableStore(pending, owned_change_partitions),
@@ -284,6 +287,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         dead_letter=dead_letter_delivery,
         disable=disable,
         owned_partitions=owned_change_partitions,  # after a rebalance, the new owner retries
+        on_attempt=console.attempts.record,
     )
     caps_store = TableStore(caps, owned_change_partitions)
     erasure = ShopperErasure(
@@ -364,6 +368,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         clock=time.time,
         erasure=erasure,
     ).add_routes(app.web.web_app)
+    console.mount(app)
 
     source = events_topic
     if settings.repartition_input:

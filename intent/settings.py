@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     webhook_allow_private_urls: bool = Field(
         False, description="Allow http and loopback/private webhook targets (local development, the demo)."
     )
+    webhook_attempts_topic: str = Field(
+        "intent-webhook-attempts",
+        description="Every webhook attempt's outcome (subscription, status or error, duration; no payload), "
+        "written by the worker that made it and read by every worker's console.",
+    )
     webhook_timeout_seconds: float = Field(15.0, description="Timeout of one webhook attempt.")
     webhook_retry_schedule: str = Field(
         "0,5,300,1800,7200,18000,36000,50400,72000,86400",
@@ -164,6 +169,19 @@ class Settings(BaseSettings):
         10.0,
         description="How long an erasure call waits for the owner of the shopper's partition to apply it "
         "before answering 202 (it is applied once a worker owns the partition).",
+    )
+    console_session_hours: float = Field(
+        8.0, description="How long a console login lasts (its HttpOnly cookie and the session behind it)."
+    )
+    console_sessions_topic: str = Field(
+        "intent-console-sessions",
+        description="Compacted topic of console sessions (a hash of each session id, its expiry; never a "
+        "token), so that every worker accepts a login and a logout ends it everywhere.",
+    )
+    console_history_hours: float = Field(
+        24.0,
+        description="How far back the console's live view reads the intent-change, dead-letter and "
+        "webhook-attempt topics when the worker starts.",
     )
     log_level: str = Field("INFO", description="Logging level.")
     log_json: bool = Field(True, description="Log one JSON object per line (with ids); false for plain text lines.")
