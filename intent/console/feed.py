@@ -191,7 +191,7 @@ class LiveFeed:
             partitions += [TopicPartition(topic, number) for number in sorted(numbers)]
         self._consumer.assign(partitions)
         # Kafka finds the first offset at or after the horizon; a broker that does not index times
-        # answers the start, and `_apply` skips the older records by their own time.
+        # answers the start, and `apply` skips the older records by their own time.
         starts = await self._consumer.offsets_for_times({tp: int(self.since * 1000) for tp in partitions})
         for tp in partitions:
             found = starts.get(tp)
@@ -209,12 +209,13 @@ class LiveFeed:
             batches = await self._consumer.getmany(timeout_ms=500, max_records=2_000)
             for messages in batches.values():
                 for message in messages:
-                    self._apply(message)
+                    self.apply(message)
             if not self.caught_up:
                 positions = [await self._consumer.position(tp) for tp in partitions]
                 self.caught_up = all(position >= ends[tp] for position, tp in zip(positions, partitions, strict=True))
 
-    def _apply(self, message: ConsumerRecord[bytes, bytes]) -> None:
+    def apply(self, message: ConsumerRecord[bytes, bytes]) -> None:
+        """Take one record of any of the topics into the counts and the recent items."""
         if message.timestamp is not None and message.timestamp < self.since * 1000:
             return
         try:
@@ -244,12 +245,12 @@ class LiveFeed:
         return None if intent_id is None else self.intent_labels.get(intent_id, intent_id)
 
     def _change(self, change: dict[str, Any]) -> None:
+        to_intent = change["to_intent"]
         if change["id"] in self._seen:
             return
         self._seen[change["id"]] = None
         if len(self._seen) > SEEN_CHANGE_IDS:
             self._seen.popitem(last=False)
-        to_intent = change["to_intent"]
         self.by_intent[to_intent["id"]] += 1
         self.totals["changes"] += 1
         sequence = self._next()

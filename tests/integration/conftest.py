@@ -64,6 +64,8 @@ class Deployment:
             "INTENT_DEAD_LETTER_TOPIC": self.dead_letter_topic,
             "INTENT_SUBSCRIPTIONS_TOPIC": f"{self.app_id}-subscriptions",
             "INTENT_WEBHOOK_DEAD_LETTER_TOPIC": self.webhook_dead_letter_topic,
+            "INTENT_WEBHOOK_ATTEMPTS_TOPIC": f"{self.app_id}-webhook-attempts",
+            "INTENT_CONSOLE_SESSIONS_TOPIC": f"{self.app_id}-console-sessions",
             "INTENT_API_TOKENS": API_TOKEN,
             "INTENT_WEBHOOK_ALLOW_PRIVATE_URLS": "true",
             "INTENT_HOLDOUT_SHARE": "0",
