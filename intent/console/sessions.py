@@ -109,6 +109,10 @@ class ConsoleSessions:
     def started(self) -> bool:
         return self._topic.started
 
+    def __len__(self) -> int:
+        """Sessions on the topic as this worker has read it, expired ones included until swept."""
+        return len(self._records)
+
     async def start(self) -> None:
         await self._topic.start()
 
