@@ -240,12 +240,12 @@ class Console:
 
     async def login(self, request: web.Request) -> web.Response:
         """Exchange an API token (in the body, never in a URL) for a session cookie."""
-        if not self._started:
-            return _with_headers(error(503, "the console is starting"), {"Retry-After": "5"})
         candidate = _token_in(await request.content.read(MAX_LOGIN_BYTES + 1))
         token = matching_token(candidate, self.settings.api_token_list) if candidate is not None else None
         if token is None:
             return _with_headers(error(401, 'send one of the API tokens (INTENT_API_TOKENS) as {"token": ...}'))
+        if not self._started:
+            return _with_headers(error(503, "the console is starting"), {"Retry-After": "5"})
         refused = check_same_origin(request.headers)  # a login forced on a browser by another site
         if refused is not None:
             return _with_headers(error(403, refused))

@@ -110,9 +110,9 @@ class Deployment:
             log.close()
 
 
-@pytest.fixture
-def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
-    deployed = Deployment(broker, tmp_path)
+def new_deployment(broker: EmbeddedBroker, root: Path) -> Deployment:
+    """A deployment with its topics created, no worker started yet."""
+    deployed = Deployment(broker, root)
     asyncio.run(
         ensure_topics(
             broker.bootstrap_servers,
@@ -125,6 +125,12 @@ def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
             PARTITIONS,
         )
     )
+    return deployed
+
+
+@pytest.fixture
+def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
+    deployed = new_deployment(broker, tmp_path)
     yield deployed
     deployed.stop_all()
 
