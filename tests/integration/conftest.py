@@ -66,6 +66,9 @@ class Deployment:
             "INTENT_WEBHOOK_DEAD_LETTER_TOPIC": self.webhook_dead_letter_topic,
             "INTENT_WEBHOOK_ATTEMPTS_TOPIC": f"{self.app_id}-webhook-attempts",
             "INTENT_CONSOLE_SESSIONS_TOPIC": f"{self.app_id}-console-sessions",
+            # each deployment its own: another test's erasure requests must not reach these workers
+            "INTENT_ERASURES_TOPIC": f"{self.app_id}-erasures",
+            "INTENT_IDENTITIES_TOPIC": f"{self.app_id}-identities",
             "INTENT_API_TOKENS": API_TOKEN,
             "INTENT_WEBHOOK_ALLOW_PRIVATE_URLS": "true",
             "INTENT_HOLDOUT_SHARE": "0",
