@@ -48,6 +48,9 @@ from intent.erasure import ShopperErasure, erase_state
 from intent.events import InvalidEvent, ShopperEvent, check_not_ahead, iso_time, parse_event
 from intent.model import IntentModel
 from intent.policy import DeliveryPolicy, webhook_payload
+from intent.read.answers import ShopperReader
+from intent.read.api import add_read_api, openapi_paths
+from intent.read.latest import LatestChanges
 from intent.settings import Settings
 from intent.suggest import CROWD_SPAN, CrowdCounts, MerchandisingRules, Suggester
 from intent.tracking import IntentTracker
@@ -180,6 +183,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "producer_linger": 0.005,
         "table_standby_replicas": 0,
         "web_enabled": True,
+        **({"canonical_url": settings.web_advertised_url} if settings.web_advertised_url else {}),
     }
 
 
@@ -286,11 +290,16 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         owned_partitions=owned_change_partitions,  # after a rebalance, the new owner retries
     )
     caps_store = TableStore(caps, owned_change_partitions)
+    # the read API's last changes per shopper, written by the delivery agent (intent.read.latest)
+    latest_changes_store = TableStore(
+        app.Table("latest-changes", key_type=str, value_type=bytes), owned_change_partitions
+    )
+    latest_changes = LatestChanges(latest_changes_store)
     erasure = ShopperErasure(
         settings.bootstrap_servers,
         settings.erasures_topic,
         settings.identities_topic,
-        erase=lambda shopper: erase_state(shopper, session_store, shopper_store, caps_store, deliverer),
+        erase=lambda shopper: erase_state(shopper, session_store, shopper_store, caps_store, deliverer, latest_changes),
         flush=lambda: worker.flush_changelogs(),
         owned_partitions=owned_partitions,
         partitions=lambda: app.consumer.topic_partitions(source.get_topic_name()) or settings.topic_partitions,
@@ -310,7 +319,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         deliverer,
         delivery_policy,
         crowd,
-        [session_store, shopper_store, pending_store, caps_store],
+        [session_store, shopper_store, pending_store, caps_store, latest_changes_store],
     )
 
     @app.agent(changes_topic, name="deliver-intent-changes")
@@ -323,6 +332,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
             if erasure.erased_after(shopper, datetime.fromisoformat(change["detected_at"]).timestamp()):
                 metrics.DELIVERIES_SUPPRESSED.labels("shopper_erased").inc()
                 continue  # detected before the shopper was erased: nothing of it is kept or sent
+            latest_changes.record(change, event.message.partition)
             decision = delivery_policy.decide(change, caps_store, event_time, event.message.partition)
             if not decision.deliver:
                 log.info(
@@ -363,6 +373,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         secret_overlap_seconds=settings.webhook_secret_overlap_seconds,
         clock=time.time,
         erasure=erasure,
+        more_paths=openapi_paths(),
     ).add_routes(app.web.web_app)
 
     source = events_topic
@@ -413,11 +424,26 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         }
 
     metrics.add_health_routes(app.web.web_app, readiness, status)
+    add_read_api(
+        app,
+        settings,
+        ShopperReader(
+            lambda: tracker.model,
+            session_store,
+            shopper_store,
+            latest_changes,
+            delivery_policy.in_holdout,
+            policy.session_idle_seconds,
+        ),
+        topic=source.get_topic_name,
+        partitions=lambda: app.consumer.topic_partitions(source.get_topic_name()) or settings.topic_partitions,
+    )
 
     @app.timer(interval=settings.expiry_check_seconds)
     async def expire_windows() -> None:
         sessions_removed, shoppers_removed = tracker.expire()
         delivery_policy.expire_caps(caps_store, time.time())
+        latest_changes.expire(time.time(), policy.shopper_days * 86400, settings.max_tracked_shoppers)
         await worker.flush_changelogs()
         if sessions_removed or shoppers_removed:
             log.info("expired %d idle sessions and %d shopper windows", sessions_removed, shoppers_removed)
