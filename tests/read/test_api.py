@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from intent.app import faust_settings
 from intent.broker import free_port
 from intent.erasure import partition_of
 from intent.model import IntentModel
@@ -23,6 +24,7 @@ from intent.read.api import INTENT_ROUTE, TIMELINE_ROUTE, ShopperReadApi
 from intent.read.audit import AuditLog, token_fingerprint
 from intent.read.latest import LatestChanges
 from intent.read.routing import FORWARDED_HEADER, Distribution, ShopperRouting
+from intent.settings import Settings
 from intent.stores import DictStore
 from intent.suggest import Suggester
 from tests.read.story import POLICY, STORY, story_calls, told
@@ -184,3 +186,10 @@ def test_the_owner_is_the_worker_holding_the_murmur2_partition_of_the_shopper_id
     for shopper in ("ana", STORY, "u-17", "ü"):
         assert routing.owner(shopper) == ("http://a:1" if partition_of(shopper, PARTITIONS) < 2 else "http://b:1")
     assert ShopperRouting("http://a:1", dict, lambda: TOPIC, lambda: PARTITIONS).owner("ana") is None
+
+
+def test_the_advertised_url_is_the_url_fausts_assignor_shares_with_the_other_workers() -> None:
+    assert faust_settings(Settings(web_advertised_url="http://worker-7.internal:6066"))["canonical_url"] == (
+        "http://worker-7.internal:6066"
+    )
+    assert "canonical_url" not in faust_settings(Settings())  # Faust's default: http://web_host:web_port
