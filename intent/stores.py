@@ -1,4 +1,4 @@
-"""Where the stream keeps keyed state: a Faust table in the worker (`intent.app.TableStore`), a dict
+"""Where the stream keeps keyed state: a Faust table in the worker (`intent.stream.tables.TableStore`), a dict
 in tests, benchmarks and tools. Values are bytes; each write names the input partition whose
 changelog partition it belongs to."""
 

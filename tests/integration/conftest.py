@@ -64,6 +64,9 @@ class Deployment:
             "INTENT_DEAD_LETTER_TOPIC": self.dead_letter_topic,
             "INTENT_SUBSCRIPTIONS_TOPIC": f"{self.app_id}-subscriptions",
             "INTENT_WEBHOOK_DEAD_LETTER_TOPIC": self.webhook_dead_letter_topic,
+            # each deployment its own: another test's erasure requests must not reach these workers
+            "INTENT_ERASURES_TOPIC": f"{self.app_id}-erasures",
+            "INTENT_IDENTITIES_TOPIC": f"{self.app_id}-identities",
             "INTENT_API_TOKENS": API_TOKEN,
             "INTENT_WEBHOOK_ALLOW_PRIVATE_URLS": "true",
             "INTENT_HOLDOUT_SHARE": "0",

@@ -52,10 +52,8 @@ async def test_an_erased_shopper_stays_erased_after_a_restart_and_a_new_event_st
 ) -> None:
     bootstrap = deployment.broker.bootstrap_servers
     app_id = deployment.app_id
-    identities = f"{app_id}-identities"
+    identities = f"{app_id}-identities"  # as the deployment names it
     environment = {
-        "INTENT_IDENTITIES_TOPIC": identities,
-        "INTENT_ERASURES_TOPIC": f"{app_id}-erasures",
         "INTENT_WEBHOOK_RETRY_SCHEDULE": "0,3600",  # the deliveries stay pending after the first attempt
         "INTENT_EXPIRY_CHECK_SECONDS": "3600",  # no window expires during the test
     }

@@ -58,8 +58,6 @@ async def test_a_replayed_shopper_is_answered_by_her_owner_and_by_the_other_work
     for audit in audits:
         deployment.start_worker(
             INTENT_AUDIT_LOG_PATH=str(audit),
-            INTENT_ERASURES_TOPIC=f"{app_id}-erasures",
-            INTENT_IDENTITIES_TOPIC=f"{app_id}-identities",
             INTENT_REPARTITION_INPUT=str(keyed_by == "device").lower(),
         )
     ports = deployment.web_ports

@@ -100,7 +100,7 @@ def test_every_module_that_serves_routes_is_walked_here() -> None:
         if serving.search(path.read_text())
     }
     walked = {
-        "app.py": "the worker: test_every_route_of_the_worker_...",
+        "stream/routes.py": "the worker: test_every_route_of_the_worker_...",
         "observability.py": "health routes of the worker and the collector",
         "webhooks/api.py": "the worker's API",
         "read/api.py": "the worker's read API (a shopper's intent and timeline)",
