@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("runs/worker"), description="Faust's local state directory.")
     web_host: str = Field("127.0.0.1", description="Interface of the worker's web server.")
     web_port: int = Field(6066, description="Port of the worker's web server.")
+    web_advertised_url: str | None = Field(
+        None,
+        description="URL at which the other workers reach this one's web server, to forward reads of the "
+        "shoppers it owns (Faust's `canonical_url`); unset: `http://<INTENT_WEB_HOST>:<INTENT_WEB_PORT>`. Set "
+        "it when the web server binds 0.0.0.0 or sits behind a container's port mapping.",
+    )
     model_dir: Path = Field(
         REPO_DIR / "models" / "intent-gru",
         description="Model directory with `model.onnx`, `step.onnx` and `metadata.json`.",
@@ -182,6 +188,11 @@ class Settings(BaseSettings):
         24.0,
         description="How far back the console's live view reads the intent-change, dead-letter and "
         "webhook-attempt topics when the worker starts.",
+    )
+    audit_log_path: Path | None = Field(
+        None,
+        description="File the audit log of shopper reads is appended to, one JSON line per read; unset: "
+        "stderr, beside the worker's log lines (logger `intent.audit`).",
     )
     log_level: str = Field("INFO", description="Logging level.")
     log_json: bool = Field(True, description="Log one JSON object per line (with ids); false for plain text lines.")

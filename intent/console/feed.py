@@ -27,6 +27,7 @@ from aiokafka.structs import ConsumerRecord
 
 from intent.events import iso_time
 from intent.kafka import ensure_topics
+from intent.policy import may_show
 from intent.webhooks.delivery import Attempt
 from intent.webhooks.subscriptions import Subscription
 
@@ -256,8 +257,7 @@ class LiveFeed:
         sequence = self._next()
         if change.get("holdout"):
             self.totals["holdout"] += 1
-        consent = change.get("personalization_allowed")
-        if consent is False or (change["to_intent"].get("sensitive") and consent is not True):
+        if not may_show(bool(to_intent.get("sensitive")), change.get("personalization_allowed")):
             # counted, never listed: no webhook would name this shopper with this intent either
             self.totals["withheld_for_consent"] += 1
             return

@@ -110,6 +110,7 @@ def test_every_module_that_serves_routes_is_walked_here() -> None:
         "observability.py": "health routes of the worker and the collector",
         "webhooks/api.py": "the worker's API",
         "console/routes.py": "the worker's console",
+        "read/api.py": "the worker's read API (a shopper's intent and timeline)",
         "collector.py": "test_every_route_of_the_collector_...",
         "demo.py": "test_every_route_of_the_demo_receiver_...",
     }
