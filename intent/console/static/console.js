@@ -40,6 +40,9 @@ const time = (iso) => (iso ? iso.replace("T", " ").replace(/\.\d+Z$/, "Z").repla
 const clock = (iso) => (iso ? iso.slice(11, 19) : "");
 const shortTime = (iso) => (iso ? iso.slice(5, 16).replace("T", " ") : "");
 
+const shortId = (id) => (id && id.length > 16 ? `${id.slice(0, 12)}…` : id || "");
+const shorten = (text, most) => (text && text.length > most ? `${text.slice(0, most - 1)}…` : text || "");
+
 function notice(message) {
   const bar = $("#notice");
   bar.textContent = message || "";
@@ -219,16 +222,17 @@ function renderLive(update) {
   fillTable("#live-webhook-failures", [...live.webhook_failures].reverse(), (attempt) =>
     h("tr", {},
       h("td", { title: attempt.at }, clock(attempt.at)),
-      h("td", {}, attempt.subscription_id),
+      h("td", { title: attempt.subscription_id }, shortId(attempt.subscription_id)),
       h("td", {}, attempt.intent || attempt.type || ""),
-      h("td", {}, h("span", { class: "badge bad" }, attempt.status ? `HTTP ${attempt.status}` : attempt.error)),
+      h("td", { title: attempt.error || "" },
+        h("span", { class: "badge bad" }, attempt.status ? `HTTP ${attempt.status}` : shorten(attempt.error, 60))),
     ),
     "no failed attempt",
   );
   fillTable("#live-webhook-dead-letters", [...live.webhook_dead_letters].reverse(), (letter) =>
     h("tr", {},
       h("td", { title: letter.dead_lettered_at }, clock(letter.dead_lettered_at)),
-      h("td", {}, letter.subscription_id),
+      h("td", { title: letter.subscription_id }, shortId(letter.subscription_id)),
       h("td", {}, letter.url || ""),
       h("td", { class: "number" }, letter.attempts),
       h("td", {}, letter.last_status ? `HTTP ${letter.last_status}` : letter.last_error || ""),
@@ -280,7 +284,7 @@ async function showShopper(shopperId) {
 function renderSummary(intent) {
   const windowText = (w) => (w ? `${w.events} events, the last at ${time(w.last_event_at)}` : "none");
   const committed = intent.committed_intent;
-  $("#shopper-summary").replaceChildren(
+  $("#shopper-summary").replaceChildren(...[
     h("h2", {}, intent.shopper_id),
     intent.holdout ? h("p", {}, h("span", { class: "badge" }, "holdout"), " no suggestions are sent for this shopper") : null,
     h("p", {}, "Committed intent: ", committed ? h("strong", { id: "committed-intent" }, committed.label) : "(none yet)",
@@ -295,7 +299,7 @@ function renderSummary(intent) {
         ` at ${time(intent.last_change.event_time)}`)
       : null,
     h("p", { class: "muted" }, `model ${intent.model_version} · answered by ${intent.served_by}`),
-  );
+  ].filter(Boolean));
 }
 
 function intentName(intent) {
@@ -381,7 +385,8 @@ function renderChanges(changes, holdout) {
     h("p", { class: "muted" }, `after the event of ${time(change.event_time)}, detected at ${time(change.detected_at)} · ${change.id}`),
     h("strong", {}, "Evidence: the events that triggered it"),
     h("ol", { class: "evidence" }, (change.evidence || []).map((e) => h("li", {},
-      `${shortTime(e.timestamp)} ${e.event}: `, h("strong", {}, e.name || e.query || e.product_id || ""),
+      `${shortTime(e.timestamp)} ${e.event}`, e.name || e.query || e.product_id ? ": " : "",
+      h("strong", {}, e.name || e.query || e.product_id || ""),
       e.category ? ` (${e.category}${e.price !== undefined ? `, ${e.price}` : ""})` : ""))),
     h("strong", {}, "Suggestions it carried"),
     (change.suggestions || []).length
