@@ -278,7 +278,7 @@ class LiveFeed:
                     "label": self._label(to_intent["id"]),
                     "confidence": to_intent.get("confidence"),
                 },
-                "trigger": trigger.get("name") or trigger.get("query") or trigger.get("event"),
+                "trigger": trigger.get("name") or trigger.get("query") or _event_and_category(trigger),
                 "event_time": change.get("event_time"),
                 "detected_at": change.get("detected_at"),
                 "holdout": bool(change.get("holdout")),
@@ -375,3 +375,9 @@ class LiveFeed:
             "webhook_dead_letters": self.webhook_dead_letters.after(after),
             "webhook_failures": self.webhook_failures.after(after),
         }
+
+
+def _event_and_category(evidence: Mapping[str, Any]) -> str | None:
+    """What an unnamed product's event says (a purchase log's rows carry ids and categories only)."""
+    category = evidence.get("category")
+    return f"{evidence.get('event')} ({category})" if category else evidence.get("event")

@@ -151,3 +151,10 @@ def test_an_unreadable_record_is_skipped_and_the_feed_goes_on() -> None:
     live.apply(record("changes", {"id": "ic_1"}))  # no to_intent
     live.apply(record("changes", change("ic_2", "pet_care")))
     assert live.view()["totals"]["changes"] == 1
+
+
+def test_a_change_triggered_by_an_unnamed_product_shows_the_event_and_its_category() -> None:
+    live = feed()
+    unnamed = {**change("ic_1", "pet_care"), "evidence": [{"event": "Product Added", "category": "cakes"}]}
+    live.apply(record("changes", unnamed))
+    assert live.view()["changes"][0]["trigger"] == "Product Added (cakes)"

@@ -352,10 +352,16 @@ function renderChart(events, changes, markers) {
     });
     return s("g", { "data-intent": intent.id }, s("path", { d: path, fill: "none", "stroke-width": 2, class: `line-${n}` }), points);
   });
-  const flags = markers.filter((m) => m.index >= 0).map(({ change, index }) => s("g", { class: "change-marker", "data-change-id": change.id },
-    s("line", { class: "marker", x1: x(index), x2: x(index), y1: top - 6, y2: top + plotHeight }),
-    s("text", { class: "marker-label", x: Math.min(x(index) + 3, width - 150), y: top - 10 }, `→ ${intentName(change.to_intent)}`),
-    s("title", {}, `${intentName(change.from_intent)} → ${intentName(change.to_intent)} at ${time(change.event_time)}`)));
+  // a label for a marker only where it has room; every marker says what it is on hover
+  let labelledUpTo = -Infinity;
+  const flags = markers.filter((m) => m.index >= 0).map(({ change, index }) => {
+    const label = x(index) >= labelledUpTo;
+    if (label) labelledUpTo = x(index) + 140;
+    return s("g", { class: "change-marker", "data-change-id": change.id },
+      s("line", { class: "marker", x1: x(index), x2: x(index), y1: top - 6, y2: top + plotHeight }),
+      label ? s("text", { class: "marker-label", x: Math.min(x(index) + 3, width - 150), y: top - 10 }, `→ ${intentName(change.to_intent)}`) : null,
+      s("title", {}, `${intentName(change.from_intent)} → ${intentName(change.to_intent)} at ${time(change.event_time)}`));
+  });
   const chart = s("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img", "aria-label": "top intents after each event" },
     grid, ticks, lines, flags);
   colorLines(chart);
