@@ -26,6 +26,7 @@ import mode
 from faust.types import TP, ConsumerT
 
 from intent import observability as metrics
+from intent.console import Console
 from intent.domain import (
     Domain,
     check_servable,
@@ -37,6 +38,9 @@ from intent.erasure import ShopperErasure, erase_state
 from intent.events import ShopperEvent
 from intent.model import IntentModel
 from intent.policy import DeliveryPolicy, webhook_payload
+from intent.read.answers import ShopperReader
+from intent.read.api import add_read_api, openapi_paths
+from intent.read.latest import LatestChanges
 from intent.settings import Settings
 from intent.stream.delivery import DeliveryPath
 from intent.stream.detection import DetectionPath, committed_when_done
@@ -90,6 +94,7 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "producer_linger": 0.005,
         "table_standby_replicas": 0,
         "web_enabled": True,
+        **({"canonical_url": settings.web_advertised_url} if settings.web_advertised_url else {}),
     }
 
 
@@ -126,6 +131,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
     shoppers = app.Table("shopper-windows", key_type=str, value_type=bytes)
     pending = app.Table("webhook-deliveries", key_type=str, value_type=bytes)
     caps = app.Table("delivery-caps", key_type=str, value_type=bytes)
+    latest = app.Table("latest-changes", key_type=str, value_type=bytes)  # for the read API
 
     def owned_partitions() -> set[int]:
         return _assigned_partitions(app, source)
@@ -137,6 +143,8 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
     shopper_store = TableStore(shoppers, owned_partitions)
     pending_store = TableStore(pending, owned_change_partitions)
     caps_store = TableStore(caps, owned_change_partitions)
+    latest_store = TableStore(latest, owned_change_partitions)
+    latest_changes = LatestChanges(latest_store)
 
     # The detection path's parts: windows, model, detector, and the suggestions a change carries.
     crowd = CrowdCounts(settings.crowd_half_life_hours * 3600)
@@ -169,9 +177,10 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         )
         return webhook_payload(change, suggestions, holdout)
 
+    window_policy = effective_window_policy(settings, domain)
     tracker = IntentTracker(
         model,
-        effective_window_policy(settings, domain),
+        window_policy,
         session_store,
         shopper_store,
         observe_inference=metrics.INFERENCE_SECONDS.observe,
@@ -181,7 +190,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
     )
     metrics.ACTIVE_SESSIONS.set_function(lambda: len(sessions.data))
     metrics.ACTIVE_SHOPPERS.set_function(lambda: len(shoppers.data))
-    stores = [session_store, shopper_store, pending_store, caps_store]
+    stores = [session_store, shopper_store, pending_store, caps_store, latest_store]
 
     async def flush_changelogs() -> None:
         for store in stores:
@@ -190,25 +199,32 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
     async def flush_delivery_state() -> None:
         await pending_store.flush()
         await caps_store.flush()
+        await latest_store.flush()
 
     detection = DetectionPath(settings, tracker, changes_topic, dead_letter_topic, flush_changelogs)
     subscriptions = SubscriptionLog(settings.bootstrap_servers, settings.subscriptions_topic)
+    # the console (intent/console/): its routes, live feed and the record of webhook attempts
+    console = Console(settings, domain.taxonomy.intents, model.version, domain.name)
     delivery = DeliveryPath(
         settings,
         subscriptions,
         delivery_policy,
         pending_store,
         caps_store,
+        latest_changes,
         webhook_dead_letters,
         owned_change_partitions,
         erased_after=lambda shopper, detected_at: erasure.erased_after(shopper, detected_at),
         flush=flush_delivery_state,
+        on_attempt=console.attempts.record,
     )
     erasure = ShopperErasure(
         settings.bootstrap_servers,
         settings.erasures_topic,
         settings.identities_topic,
-        erase=lambda shopper: erase_state(shopper, session_store, shopper_store, caps_store, delivery.deliverer),
+        erase=lambda shopper: erase_state(
+            shopper, session_store, shopper_store, caps_store, delivery.deliverer, latest_changes
+        ),
         flush=flush_changelogs,
         owned_partitions=owned_partitions,
         partitions=lambda: app.consumer.topic_partitions(source.get_topic_name()) or settings.topic_partitions,
@@ -264,6 +280,7 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
     async def expire_windows() -> None:
         sessions_removed, shoppers_removed = tracker.expire()
         delivery_policy.expire_caps(caps_store, time.time())
+        latest_changes.expire(time.time(), window_policy.shopper_days * 86400, settings.max_tracked_shoppers)
         await flush_changelogs()
         if sessions_removed or shoppers_removed:
             log.info("expired %d idle sessions and %d shopper windows", sessions_removed, shoppers_removed)
@@ -284,8 +301,24 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
             secret_overlap_seconds=settings.webhook_secret_overlap_seconds,
             clock=time.time,
             erasure=erasure,
+            more_paths=openapi_paths(),
         ),
     ).mount(app.web.web_app)
+    add_read_api(
+        app,
+        settings,
+        ShopperReader(
+            lambda: tracker.model,
+            session_store,
+            shopper_store,
+            latest_changes,
+            delivery_policy.in_holdout,
+            window_policy.session_idle_seconds,
+        ),
+        topic=source.get_topic_name,
+        partitions=lambda: app.consumer.topic_partitions(source.get_topic_name()) or settings.topic_partitions,
+    )
+    console.mount(app)
 
     return IntentWorker(app, settings, tracker, detection, delivery, sessions, shoppers)
 

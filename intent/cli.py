@@ -231,7 +231,7 @@ def command_loadgen(arguments: argparse.Namespace, settings: Settings) -> None:
 def command_demo(arguments: argparse.Namespace, settings: Settings) -> None:
     from intent.demo import run_demo
 
-    sys.exit(run_demo(settings, shoppers=arguments.shoppers, timeout=arguments.timeout))
+    sys.exit(run_demo(settings, shoppers=arguments.shoppers, timeout=arguments.timeout, stay=arguments.stay))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="broker + worker + simulated shoppers, with a live log")
     demo.add_argument("--shoppers", type=int, default=60, help="simulated shoppers besides the story")
     demo.add_argument("--timeout", type=float, default=240.0, help="give up after this many seconds")
+    demo.add_argument(
+        "--stay", action="store_true", help="keep the worker and its console running after the summary, until Ctrl-C"
+    )
     demo.set_defaults(handler=command_demo)
 
     return parser

@@ -2,7 +2,8 @@
 
 Starts the broker (unless one listens already), a worker process, and sends simulated shoppers,
 among them the coffee -> tea -> cold story and a few malformed events, then prints the intent
-shifts and dead letters as they arrive and a summary, and shuts everything down.
+shifts and dead letters as they arrive and a summary, and shuts everything down (with `--stay`, once
+Ctrl-C says so: the worker's console, whose address it prints, stays up meanwhile).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from aiokafka import AIOKafkaConsumer
 from intent.broker import free_port
 from intent.cli import broker_for
 from intent.kafka import ensure_topics, wait_for_lag_zero
-from intent.replay import replay
+from intent.replay import ReplayReport, replay
 from intent.settings import Settings
 from intent.simulate import Simulator, coffee_tea_cold_story
 from intent.webhooks.signing import SignatureError, verify
@@ -135,7 +136,7 @@ def describe(change: dict[str, Any]) -> str:
     )
 
 
-async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
+async def _run(settings: Settings, shoppers: int, timeout: float, stay: bool) -> int:
     run_id = uuid.uuid4().hex[:8]
     app_id = f"intent-demo-{run_id}"
     topics = {
@@ -144,11 +145,12 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
         "INTENT_DEAD_LETTER_TOPIC": f"demo-{run_id}-shopper-events-dlq",
         "INTENT_WEBHOOK_DEAD_LETTER_TOPIC": f"demo-{run_id}-webhooks-dlq",
         "INTENT_SUBSCRIPTIONS_TOPIC": f"demo-{run_id}-subscriptions",
+        "INTENT_WEBHOOK_ATTEMPTS_TOPIC": f"demo-{run_id}-webhook-attempts",
+        "INTENT_CONSOLE_SESSIONS_TOPIC": f"demo-{run_id}-console-sessions",
     }
     bootstrap = settings.bootstrap_servers
-    await ensure_topics(
-        bootstrap, [t for k, t in topics.items() if k != "INTENT_SUBSCRIPTIONS_TOPIC"], settings.topic_partitions
-    )
+    compacted = ("INTENT_SUBSCRIPTIONS_TOPIC", "INTENT_CONSOLE_SESSIONS_TOPIC")  # created by their followers
+    await ensure_topics(bootstrap, [t for k, t in topics.items() if k not in compacted], settings.topic_partitions)
     web_port, token = free_port(), uuid.uuid4().hex
     lines = demo_events(shoppers)
     print(
@@ -204,6 +206,7 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
             # Started inside the `try`, so that a stop signal at any point after still stops it.
             worker = subprocess.Popen([sys.executable, "-m", "intent", "worker"], env=environment)
             print("the worker starts and joins its consumer group (about 15 s) ...", flush=True)
+            print(f"console: http://127.0.0.1:{web_port}/console/ (log in with the API token {token})", flush=True)
             subscription = await subscribe(
                 f"http://127.0.0.1:{web_port}", token, f"http://127.0.0.1:{receiver_port}/hooks", timeout
             )
@@ -214,6 +217,15 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
             await wait_for_lag_zero(bootstrap, app_id, topics["INTENT_EVENTS_TOPIC"], timeout)
             await wait_for_lag_zero(bootstrap, app_id, topics["INTENT_CHANGES_TOPIC"], timeout)
             await asyncio.sleep(2.0)  # the last webhooks are on their way to the receiver
+            outcome = summarize(report, time.perf_counter() - started, changes, dead_letters, receiver)
+            if stay:
+                print(
+                    f"\nthe worker and its console stay up: http://127.0.0.1:{web_port}/console/ "
+                    f"(API token {token}); Ctrl-C stops them",
+                    flush=True,
+                )
+                await asyncio.Event().wait()
+            return outcome
         except TimeoutError as error:
             print(f"demo failed: {error}")
             return 1
@@ -227,8 +239,16 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
                     worker.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     worker.kill()
-        elapsed = time.perf_counter() - started
 
+
+def summarize(
+    report: ReplayReport,
+    elapsed: float,
+    changes: list[dict[str, Any]],
+    dead_letters: list[dict[str, Any]],
+    receiver: DemoReceiver,
+) -> int:
+    """Print the demo's summary; returns its exit status (0: the story was detected and delivered)."""
     webhooks = [w for w in receiver.received if w.get("type") == "intent.changed"]
     story = [c for c in changes if c["shopper_id"] == "story-coffee-tea-cold"]
     cold = next((c for c in story if c["to_intent"]["id"] == "cold_flu_care"), None)
@@ -256,7 +276,7 @@ async def _run(settings: Settings, shoppers: int, timeout: float) -> int:
     return 0 if cold and story_webhook and len(dead_letters) == len(MALFORMED) else 1
 
 
-def run_demo(settings: Settings, shoppers: int, timeout: float) -> int:
+def run_demo(settings: Settings, shoppers: int, timeout: float, stay: bool = False) -> int:
     logging.getLogger().setLevel(logging.WARNING)  # the live log is ours; keep library chatter out
     with broker_for(settings):
-        return asyncio.run(_run(settings, shoppers, timeout))
+        return asyncio.run(_run(settings, shoppers, timeout, stay))

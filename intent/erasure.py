@@ -4,7 +4,8 @@ rebalance does not bring it back.
 
 What is removed: the shopper window (`shopper-windows`), the shopper's session windows
 (`session-windows`, keyed `<shopper>|<session>`), the frequency-cap entry (`delivery-caps`), the
-pending webhook deliveries of the shopper's intent changes (`webhook-deliveries`), and the identity
+pending webhook deliveries of the shopper's intent changes (`webhook-deliveries`), her last intent
+changes kept for the read API (`latest-changes`), and the identity
 links (the compacted identities topic the collector follows) that point at the shopper or that the
 shopper id owns (when it is an anonymousId). The answer counts what was removed, per kind.
 
@@ -41,6 +42,7 @@ from aiokafka.partitioner import murmur2
 
 from intent.kafka import CompactedTopic
 from intent.policy import CapEntry
+from intent.read.latest import LatestChanges
 from intent.stores import KeyValueStore
 from intent.webhooks.delivery import Deliverer
 from intent.window import Window
@@ -48,7 +50,7 @@ from intent.window import Window
 log = logging.getLogger(__name__)
 
 # What an erasure removes, as its answer names it: the worker's state, then the identity links.
-STATE_KINDS = ("shopper_windows", "session_windows", "frequency_caps", "pending_deliveries")
+STATE_KINDS = ("shopper_windows", "session_windows", "frequency_caps", "pending_deliveries", "latest_changes")
 KINDS = (*STATE_KINDS, "identity_links")
 RETRY_SECONDS = 1.0  # how often pending requests are looked at again, when none arrives
 
@@ -86,9 +88,15 @@ class ErasureRequest:
 
 
 def erase_state(
-    shopper_id: str, sessions: KeyValueStore, shoppers: KeyValueStore, caps: KeyValueStore, deliverer: Deliverer
+    shopper_id: str,
+    sessions: KeyValueStore,
+    shoppers: KeyValueStore,
+    caps: KeyValueStore,
+    deliverer: Deliverer,
+    latest_changes: LatestChanges,
 ) -> dict[str, int]:
-    """Remove the shopper's windows, frequency cap and pending deliveries; how many of each.
+    """Remove the shopper's windows, frequency cap, pending deliveries and last intent changes; how
+    many of each.
 
     Deletes go to the stores, which write the tombstones (the worker's tables, on their changelogs).
     """
@@ -111,6 +119,7 @@ def erase_state(
         caps.delete(shopper_id, CapEntry.from_bytes(raw).partition)
         removed["frequency_caps"] = 1
     removed["pending_deliveries"] = deliverer.forget_shopper(shopper_id)
+    removed["latest_changes"] = latest_changes.erase(shopper_id)
     return removed
 
 

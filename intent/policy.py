@@ -29,6 +29,13 @@ from intent.stores import KeyValueStore
 MAX_PAYLOAD_BYTES = 20 * 1024
 
 
+def may_show(sensitive: bool, consent: bool | None) -> bool:
+    """Whether an intent may be told about (a webhook, the read API) given the shopper's latest
+    explicit personalization choice (None: never stated): none when she refused, a sensitive one
+    only when she allowed it."""
+    return consent is not False and (consent is True or not sensitive)
+
+
 @dataclass(frozen=True)
 class Decision:
     deliver: bool
@@ -72,10 +79,8 @@ class DeliveryPolicy:
         """Whether to deliver `change` (read from `partition`) at event time `now`; a delivery is
         recorded in `caps`."""
         consent = change.get("personalization_allowed")
-        if consent is False:
-            return self._suppress("consent_refused")
-        if change["to_intent"].get("sensitive") and consent is not True:
-            return self._suppress("sensitive_without_consent")
+        if not may_show(bool(change["to_intent"].get("sensitive")), consent):
+            return self._suppress("consent_refused" if consent is False else "sensitive_without_consent")
         shopper = change["shopper_id"]
         raw = caps.get(shopper)
         entry = CapEntry.from_bytes(raw) if raw is not None else CapEntry(partition, [])

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("runs/worker"), description="Faust's local state directory.")
     web_host: str = Field("127.0.0.1", description="Interface of the worker's web server.")
     web_port: int = Field(6066, description="Port of the worker's web server.")
+    web_advertised_url: str | None = Field(
+        None,
+        description="URL at which the other workers reach this one's web server, to forward reads of the "
+        "shoppers it owns (Faust's `canonical_url`); unset: `http://<INTENT_WEB_HOST>:<INTENT_WEB_PORT>`. Set "
+        "it when the web server binds 0.0.0.0 or sits behind a container's port mapping.",
+    )
     model_dir: Path = Field(
         REPO_DIR / "models" / "intent-gru",
         description="Model directory with `model.onnx`, `step.onnx` and `metadata.json`.",
@@ -102,6 +108,11 @@ class Settings(BaseSettings):
     webhook_allow_private_urls: bool = Field(
         False, description="Allow http and loopback/private webhook targets (local development, the demo)."
     )
+    webhook_attempts_topic: str = Field(
+        "intent-webhook-attempts",
+        description="Every webhook attempt's outcome (subscription, status or error, duration; no payload), "
+        "written by the worker that made it and read by every worker's console.",
+    )
     webhook_timeout_seconds: float = Field(15.0, description="Timeout of one webhook attempt.")
     webhook_retry_schedule: str = Field(
         "0,5,300,1800,7200,18000,36000,50400,72000,86400",
@@ -164,6 +175,24 @@ class Settings(BaseSettings):
         10.0,
         description="How long an erasure call waits for the owner of the shopper's partition to apply it "
         "before answering 202 (it is applied once a worker owns the partition).",
+    )
+    console_session_hours: float = Field(
+        8.0, description="How long a console login lasts (its HttpOnly cookie and the session behind it)."
+    )
+    console_sessions_topic: str = Field(
+        "intent-console-sessions",
+        description="Compacted topic of console sessions (a hash of each session id, its expiry; never a "
+        "token), so that every worker accepts a login and a logout ends it everywhere.",
+    )
+    console_history_hours: float = Field(
+        24.0,
+        description="How far back the console's live view reads the intent-change, dead-letter and "
+        "webhook-attempt topics when the worker starts.",
+    )
+    audit_log_path: Path | None = Field(
+        None,
+        description="File the audit log of shopper reads is appended to, one JSON line per read; unset: "
+        "stderr, beside the worker's log lines (logger `intent.audit`).",
     )
     log_level: str = Field("INFO", description="Logging level.")
     log_json: bool = Field(True, description="Log one JSON object per line (with ids); false for plain text lines.")

@@ -4,7 +4,8 @@ Faust mounts its own pages on the worker's web server (`/table/<name>/<key>/` re
 `/router/` maps partitions to workers, `/graph/`, `/` with statistics, ...). Their answers are
 shopper windows and the cluster's layout, without any authentication, on a server that binds
 0.0.0.0 in containers. `OwnRoutesWeb` mounts none of them: what the worker serves is what
-`intent.stream.routes` mounts (health and metrics from `intent.observability`, the API of `intent.webhooks.api`).
+`intent.stream.routes` mounts (health and metrics from `intent.observability`, the API of `intent.webhooks.api`)
+and the read API of `intent.read.api`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from typing import NoReturn
+import shutil
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
@@ -10,6 +11,9 @@ from intent.broker import BrokerError, EmbeddedBroker, free_port
 from intent.features import Featurizer, build_vocabulary
 from intent.settings import Settings
 from intent.taxonomy import Product, Taxonomy, load_catalogue, load_taxonomy
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +43,36 @@ def broker_unavailable(reason: str, environment: Mapping[str, str] = os.environ)
     if in_ci(environment):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+# Debian's Chromium, driven by Playwright (which cannot download a browser of its own here)
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def browser_unavailable(reason: str, environment: Mapping[str, str] = os.environ) -> NoReturn:
+    """As `broker_unavailable`, for the browser: in CI the run fails, elsewhere the tests skip with why."""
+    message = f"the browser ({CHROMIUM}) cannot start here: {reason}"
+    if in_ci(environment):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Browser]:
+    """A headless Chromium for the console's end-to-end tests."""
+    try:
+        from playwright.async_api import Error, async_playwright
+    except ImportError as error:
+        browser_unavailable(f"Playwright is not installed ({error}); `make test` installs it")
+    async with async_playwright() as playwright:
+        try:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        except Error as error:
+            browser_unavailable(f"{str(error).splitlines()[0]}; `make test` installs Debian's chromium")
+        try:
+            yield browser
+        finally:
+            await browser.close()
 
 
 @pytest.fixture(scope="session")

@@ -93,12 +93,20 @@ def test_compose_parses_and_runs_kafka_in_kraft_mode_with_the_topics_the_workers
         defaults.changes_topic,
         defaults.dead_letter_topic,
         defaults.webhook_dead_letter_topic,
+        defaults.webhook_attempts_topic,
         defaults.subscriptions_topic,
         defaults.identities_topic,
         defaults.erasures_topic,
+        defaults.console_sessions_topic,
     ):
         assert f"--topic {topic} " in script
-    for compacted in (defaults.subscriptions_topic, defaults.identities_topic, defaults.erasures_topic):
+    compacted_topics = (
+        defaults.subscriptions_topic,
+        defaults.identities_topic,
+        defaults.erasures_topic,
+        defaults.console_sessions_topic,
+    )
+    for compacted in compacted_topics:
         assert f"--topic {compacted} --partitions 1 --config cleanup.policy=compact" in script
     assert COMPOSE["services"]["worker"]["deploy"]["replicas"] == 2
 

@@ -7,6 +7,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from intent.erasure import KINDS, ErasureRequest, erase_state, partition_of
 from intent.policy import CapEntry
+from intent.read.latest import LatestChanges
 from intent.stores import DictStore
 from intent.webhooks.delivery import Deliverer, Delivery
 from intent.webhooks.subscriptions import SubscriptionRegistry
@@ -48,15 +49,25 @@ def test_erasure_removes_the_shoppers_windows_cap_and_pending_deliveries_and_not
     pending.put("msg_1", delivery("msg_1", "ana"), 2)
     pending.put("msg_2", delivery("msg_2", "ana"), 2)
     pending.put("msg_3", delivery("msg_3", "bo"), 0)
+    latest = LatestChanges(changes := DictStore())
+    for shopper, partition in (("ana", 2), ("ana|b", 1)):
+        latest.record({"id": "ic_1", "shopper_id": shopper, "detected_at": "2026-01-28T11:01:30Z"}, partition)
 
-    removed = erase_state("ana", sessions, shoppers, caps, deliverer(pending))
+    removed = erase_state("ana", sessions, shoppers, caps, deliverer(pending), latest)
 
-    assert removed == {"shopper_windows": 1, "session_windows": 2, "frequency_caps": 1, "pending_deliveries": 2}
+    assert removed == {
+        "shopper_windows": 1,
+        "session_windows": 2,
+        "frequency_caps": 1,
+        "pending_deliveries": 2,
+        "latest_changes": 1,
+    }
     assert set(shoppers.data) == {"ana|b"}
     assert set(sessions.data) == {"ana|b|-", "ana|b|s1", "bo|s1"}
     assert set(caps.data) == {"bo"}
     assert set(pending.data) == {"msg_3"}
-    assert erase_state("ana", sessions, shoppers, caps, deliverer(pending)) == dict.fromkeys(removed, 0)
+    assert set(changes.data) == {"ana|b"}
+    assert erase_state("ana", sessions, shoppers, caps, deliverer(pending), latest) == dict.fromkeys(removed, 0)
 
 
 def test_an_erasure_is_applied_on_the_partition_kafkas_default_partitioner_gives_the_shopper() -> None:

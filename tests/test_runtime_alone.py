@@ -95,6 +95,8 @@ def test_the_runtime_wheel_holds_no_training_code_and_requires_no_torch(runtime:
         names = wheel.namelist()
         metadata = next(wheel.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
     assert "intent/simulate.py" in names and "intent/domains/demo/intents.json" in names
+    assert "intent/console/static/console.js" in names  # the console, without the README's screenshots
+    assert not [n for n in names if n.startswith("intent/console/screenshots/")]
     assert not [n for n in names if n.startswith("training/")]
     unconditional = [
         line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line

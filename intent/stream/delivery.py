@@ -1,10 +1,12 @@
 """The delivery path: IntentChanged records -> consent, holdout and frequency cap -> the matching
 subscriptions -> pending webhook deliveries, attempted by `intent.webhooks.delivery.Deliverer`.
+Every change it reads (unless its shopper was erased since) is also kept for the read API, delivered
+or not (`intent.read.latest`).
 
 It reads the changes topic, keyed by shopper and partitioned as the input, so the worker that owns
 a shopper's windows also owns its caps and pending deliveries: a rebalance moves them together.
 The changes topic is this path's input, and the same guarantee holds as on the detection path: a
-change's offset is committed only once its pending deliveries and cap entry are acknowledged
+change's offset is committed only once its pending deliveries, cap entry and kept copy are acknowledged
 (`handle_batch` flushes them, inside `committed_when_done`). Otherwise a worker that died after the
 commit would leave a change that no worker ever delivers.
 """
@@ -22,10 +24,11 @@ from faust.types import EventT
 
 from intent import observability as metrics
 from intent.policy import DeliveryPolicy
+from intent.read.latest import LatestChanges
 from intent.settings import Settings
 from intent.stores import KeyValueStore
 from intent.stream.detection import RecordSink
-from intent.webhooks.delivery import Deliverer, PayloadTooLarge, parse_schedule
+from intent.webhooks.delivery import Attempt, Deliverer, PayloadTooLarge, parse_schedule
 from intent.webhooks.subscriptions import Subscription, SubscriptionLog
 
 log = logging.getLogger(__name__)
@@ -45,17 +48,21 @@ class DeliveryPath:
         policy: DeliveryPolicy,
         pending: KeyValueStore,
         caps: KeyValueStore,
+        latest_changes: LatestChanges,
         webhook_dead_letters: RecordSink,
         owned_partitions: Callable[[], Container[int]],
         erased_after: Callable[[str, float], bool],
         flush: Callable[[], Awaitable[None]],
+        on_attempt: Callable[[Subscription, str, dict[str, Any], Attempt], None] | None = None,
     ) -> None:
         """`erased_after(shopper, t)`: whether the shopper was erased after time `t` (`ShopperErasure`);
-        `flush()`: returns once the writes to `pending` and `caps` are acknowledged, or raises."""
+        `flush()`: returns once the writes to `pending`, `caps` and `latest_changes` are acknowledged,
+        or raises; `on_attempt`: hears of every webhook attempt (`Deliverer`'s)."""
         self.subscriptions = subscriptions
         self._flush = flush
         self.policy = policy
         self.caps = caps
+        self.latest_changes = latest_changes
         self._webhook_dead_letters = webhook_dead_letters
         self._erased_after = erased_after
         self.deliverer = Deliverer(
@@ -68,6 +75,7 @@ class DeliveryPath:
             dead_letter=self._dead_letter,
             disable=self._disable,
             owned_partitions=owned_partitions,  # after a rebalance, the new owner retries
+            on_attempt=on_attempt,
         )
 
     async def handle_batch(self, batch: list[EventT]) -> None:
@@ -83,6 +91,7 @@ class DeliveryPath:
         if self._erased_after(shopper, datetime.fromisoformat(change["detected_at"]).timestamp()):
             metrics.DELIVERIES_SUPPRESSED.labels(SHOPPER_ERASED).inc()
             return SHOPPER_ERASED  # detected before the shopper was erased: nothing of it is kept or sent
+        self.latest_changes.record(change, partition)  # the read API shows it as its consent allows then
         # the cap counts in event time, so a replay of last week is capped like last week was
         event_time = datetime.fromisoformat(change["event_time"]).timestamp()
         decision = self.policy.decide(change, self.caps, event_time, partition)

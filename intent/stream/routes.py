@@ -1,6 +1,6 @@
 """The worker's web routes: health, readiness, status and metrics (`intent.observability`) and the
 API (`intent.webhooks.api`), mounted on the worker's web server, which serves nothing else
-(`intent.web`)."""
+(`intent.web`) but the read API (`intent.read.api`, mounted by `intent.read.api.add_read_api`)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ Every call needs `Authorization: Bearer <token>` with one of `INTENT_API_TOKENS`
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -56,9 +56,12 @@ class SubscriptionsApi:
         secret_overlap_seconds: float,
         clock: Callable[[], float],
         erasure: ShopperErasure | None = None,
+        more_paths: Mapping[str, Any] | None = None,
     ) -> None:
-        """Without `erasure` (tests of the subscriptions alone), `DELETE /v1/shoppers/{id}` is not served."""
+        """Without `erasure` (tests of the subscriptions alone), `DELETE /v1/shoppers/{id}` is not served;
+        `more_paths`: the OpenAPI paths of the worker's other routes (the read API), for /openapi.json."""
         self.log = log
+        self.more_paths = more_paths or {}
         self.erasure = erasure
         self.deliverer = deliverer
         self.tokens = tokens
@@ -177,10 +180,12 @@ class SubscriptionsApi:
         return body
 
     async def openapi(self, _: web.Request) -> web.Response:
-        return ok(openapi_document(self.intent_ids, erasure=self.erasure is not None))
+        return ok(openapi_document(self.intent_ids, erasure=self.erasure is not None, more_paths=self.more_paths))
 
 
-def openapi_document(intent_ids: tuple[str, ...], erasure: bool = True) -> dict[str, Any]:
+def openapi_document(
+    intent_ids: tuple[str, ...], erasure: bool = True, more_paths: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     error_schema = {
         "type": "object",
         "properties": {"error": {"type": "string"}, "field": {"type": "string"}},
@@ -358,5 +363,6 @@ def openapi_document(intent_ids: tuple[str, ...], erasure: bool = True) -> dict[
                 },
             },
             **(erasure_paths if erasure else {}),
+            **(more_paths or {}),
         },
     }

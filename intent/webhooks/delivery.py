@@ -122,7 +122,9 @@ class Deliverer:
         owned_partitions: Callable[[], Container[int]] | None = None,
         clock: Callable[[], float] = time.time,
         dead_letter_retry_seconds: float = 10.0,
+        on_attempt: Callable[[Subscription, str, dict[str, Any], Attempt], None] | None = None,
     ) -> None:
+        """`on_attempt` hears of every attempt's outcome (the console records them); it must not block."""
         self.registry = registry
         self.store = store
         self.schedule = schedule
@@ -134,6 +136,7 @@ class Deliverer:
         self._owned_partitions = owned_partitions  # None: this process sends every pending delivery
         self.clock = clock
         self.dead_letter_retry_seconds = dead_letter_retry_seconds
+        self._on_attempt = on_attempt
         self._endpoints: dict[str, asyncio.Semaphore] = {}
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -319,6 +322,8 @@ class Deliverer:
         )
         metrics.WEBHOOK_ATTEMPTS.labels(outcome).inc()
         metrics.WEBHOOK_SECONDS.observe(attempt.seconds)
+        if self._on_attempt is not None:
+            self._on_attempt(subscription, message_id, payload, attempt)
         log.info(
             "webhook %s to %s: %s",
             message_id,

@@ -64,6 +64,8 @@ class Deployment:
             "INTENT_DEAD_LETTER_TOPIC": self.dead_letter_topic,
             "INTENT_SUBSCRIPTIONS_TOPIC": f"{self.app_id}-subscriptions",
             "INTENT_WEBHOOK_DEAD_LETTER_TOPIC": self.webhook_dead_letter_topic,
+            "INTENT_WEBHOOK_ATTEMPTS_TOPIC": f"{self.app_id}-webhook-attempts",
+            "INTENT_CONSOLE_SESSIONS_TOPIC": f"{self.app_id}-console-sessions",
             # each deployment its own: another test's erasure requests must not reach these workers
             "INTENT_ERASURES_TOPIC": f"{self.app_id}-erasures",
             "INTENT_IDENTITIES_TOPIC": f"{self.app_id}-identities",
@@ -111,9 +113,9 @@ class Deployment:
             log.close()
 
 
-@pytest.fixture
-def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
-    deployed = Deployment(broker, tmp_path)
+def new_deployment(broker: EmbeddedBroker, root: Path) -> Deployment:
+    """A deployment with its topics created, no worker started yet."""
+    deployed = Deployment(broker, root)
     asyncio.run(
         ensure_topics(
             broker.bootstrap_servers,
@@ -126,6 +128,12 @@ def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
             PARTITIONS,
         )
     )
+    return deployed
+
+
+@pytest.fixture
+def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Deployment]:
+    deployed = new_deployment(broker, tmp_path)
     yield deployed
     deployed.stop_all()
 

@@ -91,6 +91,7 @@ async def test_an_erased_shopper_stays_erased_after_a_restart_and_a_new_event_st
             "session_windows": len(sessions),
             "frequency_caps": 1,
             "pending_deliveries": 2,  # the coffee and the cold intent changes, one subscription
+            "latest_changes": 1,  # the same two changes, kept for the read API
             "identity_links": 1,
         },
     }, deployment.logs()
@@ -109,7 +110,7 @@ async def test_an_erased_shopper_stays_erased_after_a_restart_and_a_new_event_st
     assert await shoppers_of(port) == shoppers_before - 1, deployment.logs()
 
     # tombstones are the latest record of every state the erased shopper had
-    for table in ("shopper-windows", "session-windows", "delivery-caps"):
+    for table in ("shopper-windows", "session-windows", "delivery-caps", "latest-changes"):
         records = of_story_shopper(await latest_records(bootstrap, f"{app_id}-{table}-changelog"))
         assert records and all(value is None for value in records.values()), table
     pending = (await latest_records(bootstrap, f"{app_id}-webhook-deliveries-changelog")).values()

@@ -21,11 +21,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from intent.app import create_worker
 from intent.collector import create_collector_app
+from intent.console.sessions import COOKIE_NAME
 from intent.demo import DemoReceiver, receiver_app
 from intent.kafka import ensure_topics, producer, wait_for_lag_zero
 from intent.replay import replay
 from intent.settings import PACKAGE_DIR, Settings
 from tests.integration.conftest import API_TOKEN, Deployment
+from tests.integration.console import wait_for_console
 from tests.integration.test_stream import JOIN_AND_CATCH_UP_SECONDS, STORY_SHOPPER, story_lines
 
 pytestmark = pytest.mark.integration
@@ -37,6 +39,10 @@ WORKER_PUBLIC = {
     "/metrics": "Prometheus scrape: counters and gauges, no shopper ids",
     "/status": "aggregate counts, partitions and the model version, no shopper ids",
     "/openapi.json": "the API's description, the same for every deployment",
+    "/console": "redirects to the console's page",
+    "/console/": "the console's page: static HTML without data (its calls need the session)",
+    "/console/console.js": "the console's script, static",
+    "/console/console.css": "the console's style, static",
 }
 COLLECTOR_PUBLIC = {
     "/healthz": "liveness probe",
@@ -103,6 +109,8 @@ def test_every_module_that_serves_routes_is_walked_here() -> None:
         "stream/routes.py": "the worker: test_every_route_of_the_worker_...",
         "observability.py": "health routes of the worker and the collector",
         "webhooks/api.py": "the worker's API",
+        "console/routes.py": "the worker's console",
+        "read/api.py": "the worker's read API (a shopper's intent and timeline)",
         "collector.py": "test_every_route_of_the_collector_...",
         "demo.py": "test_every_route_of_the_demo_receiver_...",
     }
@@ -120,10 +128,12 @@ async def test_every_route_of_the_worker_is_public_by_design_or_needs_the_token_
     worker = create_worker(Settings(api_tokens=API_TOKEN, data_dir=tmp_path / "routes"))
     worker.app.web.init_server()
     base = f"http://127.0.0.1:{deployment.web_ports[0]}"
+    await wait_for_console(base)  # until then its routes answer 503 to everyone
     async with aiohttp.ClientSession() as http:
-        await refused_without_credential(
-            http, base, worker.app.web.web_app, WORKER_PUBLIC, {"Authorization": "Bearer not-the-token"}
-        )
+        # a wrong token for the API, a forged session cookie for the console
+        wrong = {"Authorization": "Bearer not-the-token", "Cookie": f"{COOKIE_NAME}=forged"}
+        walked = await refused_without_credential(http, base, worker.app.web.web_app, WORKER_PUBLIC, wrong)
+        assert ("POST", "/console/api/login") in walked and ("GET", "/console/api/live") in walked
         for path in FAUST_PAGES:
             async with http.get(base + path) as response:
                 assert response.status == 404, f"{path} is served: {response.status}"

@@ -12,6 +12,7 @@ import pytest
 from faust.types.tuples import Message
 
 from intent.policy import DeliveryPolicy
+from intent.read.latest import LatestChanges
 from intent.settings import Settings
 from intent.stores import DictStore
 from intent.stream.delivery import ENQUEUED, NO_SUBSCRIPTION, SHOPPER_ERASED, DeliveryPath
@@ -68,7 +69,12 @@ def flushes() -> Flushes:
 
 
 @pytest.fixture
-def path(tmp_path: Path, pending: DictStore, flushes: Flushes) -> DeliveryPath:
+def latest() -> DictStore:
+    return DictStore()
+
+
+@pytest.fixture
+def path(tmp_path: Path, pending: DictStore, latest: DictStore, flushes: Flushes) -> DeliveryPath:
     # the first attempt a minute away: these tests look at what is stored, not at what is sent
     settings = Settings(data_dir=tmp_path, webhook_retry_schedule="60,60")
     return DeliveryPath(
@@ -77,6 +83,7 @@ def path(tmp_path: Path, pending: DictStore, flushes: Flushes) -> DeliveryPath:
         DeliveryPolicy(holdout_share=0.0, holdout_salt="s", cap_count=2, cap_seconds=3600, cap_max_shoppers=100),
         pending,
         DictStore(),
+        LatestChanges(latest),
         Sink(),
         owned_partitions=lambda: {0, 1},
         erased_after=lambda shopper, detected_at: shopper == ERASED,
@@ -129,6 +136,17 @@ def test_a_change_of_an_erased_shopper_is_neither_stored_nor_counted(path: Deliv
 
     assert path.handle(change(1, shopper=ERASED), 0) == SHOPPER_ERASED
     assert pending.data == {} and path.caps.get(ERASED) is None
+
+
+def test_every_change_is_kept_for_the_read_api_delivered_or_not_but_not_an_erased_shoppers(
+    path: DeliveryPath, latest: DictStore
+) -> None:
+    subscribe(path, "coffee_ritual")
+    outcomes = [path.handle(change(1, personalization_allowed=False), 0), path.handle(change(2), 0)]
+    assert outcomes == ["consent_refused", NO_SUBSCRIPTION]
+    assert path.handle(change(3, shopper=ERASED), 0) == SHOPPER_ERASED
+    assert [kept["id"] for kept in path.latest_changes.changes("shopper-1")] == ["ic_1", "ic_2"]
+    assert set(latest.data) == {"shopper-1"}
 
 
 @dataclass

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from intent.erasure import ShopperErasure, erase_state
 from intent.kafka import CompactedTopic
 from intent.policy import CapEntry
+from intent.read.latest import LatestChanges
 from intent.stores import DictStore
 from intent.taxonomy import load_taxonomy
 from intent.webhooks.api import SubscriptionsApi, openapi_document
@@ -220,7 +221,9 @@ async def test_erasing_a_shopper_needs_the_token_and_answers_what_was_removed_on
         bootstrap,
         f"erasures-{unique}",
         identities_topic,
-        erase=lambda shopper: erase_state(shopper, sessions, shoppers, caps, idle_deliverer()),
+        erase=lambda shopper: erase_state(
+            shopper, sessions, shoppers, caps, idle_deliverer(), LatestChanges(DictStore())
+        ),
         flush=nothing,
         owned_partitions=lambda: owned,
         partitions=lambda: 4,
@@ -260,6 +263,7 @@ async def test_erasing_a_shopper_needs_the_token_and_answers_what_was_removed_on
                 "session_windows": 0,
                 "frequency_caps": 0,
                 "pending_deliveries": 0,
+                "latest_changes": 0,
                 "identity_links": 0,
             },
         }

@@ -101,6 +101,7 @@ class Harness:
             owned_partitions=options.get("owned_partitions"),
             clock=options.get("clock", time.time),
             dead_letter_retry_seconds=options.get("dead_letter_retry_seconds", 10.0),
+            on_attempt=options.get("on_attempt"),
         )
 
 
@@ -409,3 +410,27 @@ def test_the_retry_schedule_setting_is_validated() -> None:
     with pytest.raises(ValueError, match="comma-separated"):
         parse_schedule("5,-1")
     assert orjson.loads(orjson.dumps(CHANGE)) == CHANGE
+
+
+async def test_every_attempt_and_ping_is_told_to_on_attempt_with_its_outcome(serve, harness) -> None:
+    receiver = await serve(Receiver(answers=[503]))
+    subscription = harness.subscribe(receiver.url)
+    heard: list[tuple[str, str, str, int | None]] = []
+    deliverer = harness.deliverer(
+        on_attempt=lambda sub, message_id, payload, attempt: heard.append(
+            (sub.id, message_id, payload["type"], attempt.status)
+        )
+    )
+    await deliverer.start()
+    try:
+        deliverer.enqueue(CHANGE, [subscription], partition=0)
+        await until(lambda: len(receiver.received) == 2 and not harness.store.data)
+        await deliverer.ping(subscription)
+    finally:
+        await deliverer.stop()
+    delivery = webhook_id(CHANGE["id"], subscription.id)
+    assert heard[:2] == [
+        (subscription.id, delivery, "intent.changed", 503),
+        (subscription.id, delivery, "intent.changed", 200),
+    ]
+    assert heard[2][0] == subscription.id and heard[2][2:] == ("intent.ping", 200)
