@@ -43,7 +43,13 @@ def build_intent_changed(
     """`personalization_allowed` is the shopper's latest explicit choice: the event's, or when the
     event says nothing, the one its window remembers (None: never stated)."""
     intents = model.intents
-    top = np.argsort(-probabilities)[:TOP_INTENTS]
+
+    def may_tell(index: int) -> bool:
+        # a sensitive intent is named only with consent, as `intent.policy.may_show` rules for the
+        # committed intent: also when it is the intent left behind, or a runner-up
+        return personalization_allowed is True or not intents[index].sensitive
+
+    top = [i for i in np.argsort(-probabilities) if may_tell(int(i))][:TOP_INTENTS]
     new = intents[shift.to_intent]
     return {
         "id": intent_changed_id(scope, window_key, event.message_id, shift, model.version),
@@ -54,7 +60,7 @@ def build_intent_changed(
         "anonymous_id": event.anonymous_id,
         "session_id": event.session_id,
         "from_intent": None
-        if shift.from_intent is None
+        if shift.from_intent is None or not may_tell(shift.from_intent)
         else {
             "id": intents[shift.from_intent].id,
             "label": intents[shift.from_intent].label,
