@@ -18,8 +18,9 @@ worker follows. The worker that owns the shopper's partition applies it, between
 back with what it removed; the worker that took the call waits for that and answers 200 with the
 counts. A request whose owner is down, or in a rebalance, stays on the topic until a worker owns
 the partition and applies it (after it has restored the tables); the call then answers 202 after
-`INTENT_ERASURE_WAIT_SECONDS`. Forwarding the call to the owner would need the worker map that the
-closed debug pages served, and would fail with the owner; a fan-out to every worker would too.
+`INTENT_ERASURE_WAIT_SECONDS`. Unlike a read (`intent.read.routing`), an erasure is not forwarded
+to the owner: a forwarded call fails when the owner is down or in a rebalance, and a request on the
+topic outlives both.
 
 The owner is found as producers find it: Kafka's default partitioner (murmur2 of the shopper id, the
 key the collector writes), so producers must key events by shopper with it, as the Java client,
