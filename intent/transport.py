@@ -11,6 +11,14 @@ in two places measured with py-spy on `benchmarks/throughput.py`:
   limit, no stream buffer full) `FastDeliveryConsumer` awaits the delivery itself: the same result,
   without the tasks. Otherwise it takes Faust's path.
 
+And a fix of Faust's own, found by a fault test (issue 10):
+- A crashed app (`app.crash`, as the detector does when a micro-batch's effects were not
+  acknowledged) must stop its worker process. The crash marks every service crashed, Faust's
+  consumer thread included, and that thread then winds down on its own while the app's stop still
+  commits offsets through it; a commit queued after the thread closed its method queue was never
+  answered and the process hung for ever. `_ConsumerThread.commit` commits nothing once the thread
+  is stopping.
+
 For the fault tests only, `INTENT_TEST_FAIL_PRODUCE_ON_CALL=N` puts `FailingProducer` under the app:
 its Nth send fails as a broker refusing the record would. Without the setting it is not installed.
 """
@@ -18,14 +26,14 @@ its Nth send fails as a broker refusing the record would. Without the setting it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import aiokafka
 import faust
 from aiokafka.errors import KafkaTimeoutError
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TransportT
+from faust.types import TP, TransportT
 from faust.types.web import Web
 from mode.services import WaitArgT, WaitResults
 
@@ -58,6 +66,15 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # aiokafka reads it when the consumer starts, which is after this returns
         consumer._fetch_max_wait_ms = round(self.app.fetch_max_wait_seconds * 1000)
         return consumer
+
+    async def commit(self, offsets: Mapping[TP, int]) -> bool:
+        # Crashed (or stopping), this thread leaves its loop by itself, without waiting for the
+        # app's stop, which still commits on its way out (`App.on_stop` -> `Consumer.wait_empty`):
+        # a call queued then is never run, and awaiting it kept the worker from ever exiting. What
+        # is left uncommitted is processed again by the next owner of the partitions.
+        if self.should_stop:
+            return False
+        return await super().commit(offsets)
 
 
 class FastDeliveryConsumer(faust_aiokafka.Consumer):
