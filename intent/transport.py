@@ -11,7 +11,16 @@ in two places measured with py-spy on `benchmarks/throughput.py`:
   limit, no stream buffer full) `FastDeliveryConsumer` awaits the delivery itself: the same result,
   without the tasks. Otherwise it takes Faust's path.
 
-And a fix of Faust's own, found by a fault test (issue 10):
+And two fixes of Faust's own, each found by a fault test (issue 10):
+- A restarted worker lost records, or stopped committing for good. Faust's recovery resumes the
+  stream partitions, then seeks them to their committed offsets (one request per assigned
+  partition: a few hundred ms, more under load), then resumes its flow control, which empties
+  every stream buffer. Whatever the fetcher handed to the streams during the seek was dropped
+  without an ack: behind a committed offset, the records read on after the seek looked like a gap
+  to Faust, which committed past the dropped ones unprocessed; with no committed offset (nothing to
+  seek to) the dropped ones were never read again, and Faust commits nothing past a record never
+  acknowledged. `FastDeliveryConsumer.perform_seek` stops the flow for the seek (the recovery
+  resumes it) and also seeks the partitions with no committed offset, to their beginning.
 - A crashed app (`app.crash`, as the detector does when a micro-batch's effects were not
   acknowledged) must stop its worker process. The crash marks every service crashed, Faust's
   consumer thread included, and that thread then winds down on its own while the app's stop still
@@ -88,6 +97,23 @@ class FastDeliveryConsumer(faust_aiokafka.Consumer):
             suspended.close()  # type: ignore[union-attr]  # a coroutine never started
             return WaitResults([deliver], [await deliver], False)  # type: ignore[misc]
         return await super().wait_first(*coros, timeout=timeout)
+
+    async def perform_seek(self) -> None:
+        # Called by the recovery between resuming the stream partitions and emptying the stream
+        # buffers (module docstring): no record may reach a stream meanwhile. A record already
+        # fetched is dropped by the fetch loop once the flow stops; the seek below reads it again.
+        self.stop_flow()  # the recovery resumes the flow after the seek
+        await super().perform_seek()
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        # aiokafka seeks only where something above 0 was committed; elsewhere the fetch position
+        # may have moved on during the seek. Such a partition starts where the reset policy says:
+        # the worker's is "earliest" (`intent.app.faust_settings`). Changelogs are the recovery's.
+        uncommitted = [tp for tp, offset in committed.items() if not offset and not self._is_changelog_tp(tp)]
+        if uncommitted and self.app.conf.consumer_auto_offset_reset == "earliest":
+            await self._thread.seek_to_beginning(*uncommitted)
+        return committed
 
     def _delivery_cannot_wait(self) -> bool:
         """True when each await in Faust's delivery (`ConductorCompiler.build`) returns at once."""
