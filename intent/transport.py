@@ -11,6 +11,23 @@ in two places measured with py-spy on `benchmarks/throughput.py`:
   limit, no stream buffer full) `FastDeliveryConsumer` awaits the delivery itself: the same result,
   without the tasks. Otherwise it takes Faust's path.
 
+And two fixes of Faust's own, each found by a fault test (issue 10):
+- A restarted worker lost records, or stopped committing for good. Faust's recovery resumes the
+  stream partitions, then seeks them to their committed offsets (one request per assigned
+  partition: a few hundred ms, more under load), then resumes its flow control, which empties
+  every stream buffer. Whatever the fetcher handed to the streams during the seek was dropped
+  without an ack: behind a committed offset, the records read on after the seek looked like a gap
+  to Faust, which committed past the dropped ones unprocessed; with no committed offset (nothing to
+  seek to) the dropped ones were never read again, and Faust commits nothing past a record never
+  acknowledged. `FastDeliveryConsumer.perform_seek` stops the flow for the seek (the recovery
+  resumes it) and also seeks the partitions with no committed offset, to their beginning.
+- A crashed app (`app.crash`, as the detector does when a micro-batch's effects were not
+  acknowledged) must stop its worker process. The crash marks every service crashed, Faust's
+  consumer thread included, and that thread then winds down on its own while the app's stop still
+  commits offsets through it; a commit queued after the thread closed its method queue was never
+  answered and the process hung for ever. `_ConsumerThread.commit` commits nothing once the thread
+  is stopping.
+
 For the fault tests only, `INTENT_TEST_FAIL_PRODUCE_ON_CALL=N` puts `FailingProducer` under the app:
 its Nth send fails as a broker refusing the record would. Without the setting it is not installed.
 """
@@ -18,14 +35,14 @@ its Nth send fails as a broker refusing the record would. Without the setting it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import aiokafka
 import faust
 from aiokafka.errors import KafkaTimeoutError
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TransportT
+from faust.types import TP, TransportT
 from faust.types.web import Web
 from mode.services import WaitArgT, WaitResults
 
@@ -59,6 +76,15 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = round(self.app.fetch_max_wait_seconds * 1000)
         return consumer
 
+    async def commit(self, offsets: Mapping[TP, int]) -> bool:
+        # Crashed (or stopping), this thread leaves its loop by itself, without waiting for the
+        # app's stop, which still commits on its way out (`App.on_stop` -> `Consumer.wait_empty`):
+        # a call queued then is never run, and awaiting it kept the worker from ever exiting. What
+        # is left uncommitted is processed again by the next owner of the partitions.
+        if self.should_stop:
+            return False
+        return await super().commit(offsets)
+
 
 class FastDeliveryConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
@@ -71,6 +97,23 @@ class FastDeliveryConsumer(faust_aiokafka.Consumer):
             suspended.close()  # type: ignore[union-attr]  # a coroutine never started
             return WaitResults([deliver], [await deliver], False)  # type: ignore[misc]
         return await super().wait_first(*coros, timeout=timeout)
+
+    async def perform_seek(self) -> None:
+        # Called by the recovery between resuming the stream partitions and emptying the stream
+        # buffers (module docstring): no record may reach a stream meanwhile. A record already
+        # fetched is dropped by the fetch loop once the flow stops; the seek below reads it again.
+        self.stop_flow()  # the recovery resumes the flow after the seek
+        await super().perform_seek()
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        # aiokafka seeks only where something above 0 was committed; elsewhere the fetch position
+        # may have moved on during the seek. Such a partition starts where the reset policy says:
+        # the worker's is "earliest" (`intent.app.faust_settings`). Changelogs are the recovery's.
+        uncommitted = [tp for tp, offset in committed.items() if not offset and not self._is_changelog_tp(tp)]
+        if uncommitted and self.app.conf.consumer_auto_offset_reset == "earliest":
+            await self._thread.seek_to_beginning(*uncommitted)
+        return committed
 
     def _delivery_cannot_wait(self) -> bool:
         """True when each await in Faust's delivery (`ConductorCompiler.build`) returns at once."""

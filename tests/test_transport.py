@@ -1,4 +1,5 @@
-"""The Kafka transport under the app: the fetch wait it asks for, and Faust's delivery without its tasks."""
+"""The Kafka transport under the app: the fetch wait it asks for, Faust's delivery without its tasks,
+and a crashed app's consumer that lets the worker stop."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import inspect
 from collections.abc import AsyncIterator
 
 import pytest
+from faust.types import TP
 
 from intent.transport import FastDeliveryConsumer, IntentApp
 
@@ -68,3 +70,13 @@ async def test_a_delivery_waiting_for_room_is_still_interrupted_when_the_flow_st
     consumer.stop_flow()  # what a rebalance does
     results = await asyncio.wait_for(consumer.wait_first(deliver(), consumer.suspend_flow.wait()), timeout=5)
     assert results.results == [True]  # the suspend event won; the delivery was cancelled
+
+
+async def test_a_crashed_consumer_thread_answers_the_stopping_apps_commit_at_once(app) -> None:
+    # After app.crash() the consumer thread is crashed too and leaves its loop on its own; the app's
+    # stop then still commits through it. A thread whose loop no longer serves its calls is what
+    # this one is (never started): without an answer the commit waited for ever and so did the stop.
+    thread = app.consumer._thread
+    await thread.crash(RuntimeError("a micro-batch's effects were not acknowledged"))
+    committed = await asyncio.wait_for(thread.commit({TP("shopper-events", 0): 10}), timeout=5)
+    assert committed is False  # nothing is committed after a crash: the next owner redoes it
