@@ -16,8 +16,8 @@ import numpy as np
 from intent.detector import Shift
 from intent.events import ShopperEvent, iso_time
 from intent.model import IntentModel
+from intent.window import EVIDENCE_EVENTS
 
-EVIDENCE_EVENTS = 5
 TOP_INTENTS = 3
 _EVIDENCE_FIELDS = {"e": "event", "pn": "name", "p": "product_id", "c": "category", "qy": "query", "pr": "price"}
 

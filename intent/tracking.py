@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 
 from intent import observability as metrics
 from intent.changes import EVIDENCE_EVENTS, build_intent_changed
@@ -38,7 +37,7 @@ from intent.features import FEATURE_COLUMNS, OUT_OF_VOCABULARY
 from intent.history import PurchaseHistory, RankingWeights, category_scores
 from intent.model import NEXT_BASKET, IntentModel, ModelError
 from intent.stores import KeyValueStore
-from intent.window import Window, WindowPolicy, expand, parse_records, session_key
+from intent.window import Row, Window, WindowPolicy, as_records, expand, session_key
 
 CATEGORY_COLUMN = FEATURE_COLUMNS.index("category")
 
@@ -52,9 +51,9 @@ class _Step:
     scope: str
     key: str
     features: list[int]
-    # the window's serialized records after this event: the first `window_length` of `window_lines`
+    # the window's events after this event: the first `window_length` of `window_events`
     # (windows only append to a list or replace it, never cut one in place, so no copy is needed)
-    window_lines: list[bytes]
+    window_events: list[Row]
     window_length: int
     personalization_allowed: bool | None  # the shopper's latest explicit choice as of this event
 
@@ -204,8 +203,8 @@ class IntentTracker:
                     scope,
                     state_key,
                     features,
-                    state.lines,
-                    len(state.lines),
+                    state.events,
+                    len(state.events),
                     state.personalization_allowed,
                 )
             )
@@ -256,7 +255,7 @@ class IntentTracker:
                 shift = self.detector.update(detector_state, distribution)
                 window.detector = detector_state.to_list()
             if shift is not None:
-                window_events = parse_records(step.window_lines[: step.window_length])
+                window_events = as_records(step.window_events[: step.window_length])
                 change = build_intent_changed(
                     model=self.model,
                     shift=shift,
@@ -265,7 +264,7 @@ class IntentTracker:
                     scope=step.scope,
                     window_key=step.key,
                     window_events=window_events[-EVIDENCE_EVENTS:],
-                    segment=step.event.segment or _last_segment(window),
+                    segment=step.event.segment or window.last_segment(),
                     personalization_allowed=step.personalization_allowed,
                 )
                 if self._enrich_change is not None:
@@ -389,8 +388,3 @@ def _load(table: KeyValueStore, kept: dict[str, tuple[bytes, int]], key: str) ->
 def _hidden_or_zeros(window: Window, model: IntentModel) -> np.ndarray:
     state = window.hidden_state()
     return np.zeros(model.hidden_size, dtype=np.float32) if state is None else state
-
-
-def _last_segment(window: Window) -> str | None:
-    records = map(orjson.loads, reversed(window.lines))  # newest first, parsed only until found
-    return next((record["sg"] for record in records if "sg" in record), None)

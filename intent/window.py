@@ -22,147 +22,386 @@ one that lags must not lose its windows to another's clock.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
+import zstandard
 
 from intent.events import ShopperEvent
 
-# The event fields a window keeps, under short keys: what the featurization reads (so a new model
-# version of the same feature spec can re-encode the window), what IntentChanged shows as
-# evidence, and what suggestions need (products bought, prices seen). Ids, locale and consent are
-# left out: the window's key names the shopper, and the latest explicit consent is one field of the
-# window (`Window.personalization_allowed`), not one per event.
-# Windows are rewritten on every update, so their size is changelog traffic.
-_SHORT_KEYS: dict[str, str] = {
-    "message_id": "m",
-    "event_type": "e",
-    "timestamp": "t",
-    "product_id": "p",
-    "product_name": "pn",
-    "category": "c",
-    "brand": "b",
-    "price": "pr",
-    "query": "qy",
-    "products": "ps",
-    "device": "d",
-    "channel": "ch",
-    "timezone": "tz",
-    "segment": "sg",
+# A window keeps each event as a row: a tuple of the fields below, the values of the event (not a
+# copy of its JSON), and only what its readers read: the featurization (so a new model version of the
+# same feature spec can re-encode the window), suggestions (products bought, prices seen) and
+# IntentChanged, whose evidence shows the last EVIDENCE_EVENTS events with their message ids and
+# product names. So an event keeps its message id, product name and brand only while it is one of
+# those; older ones keep the rest. Ids, locale and consent are left out: the window's key names the
+# shopper, and the latest explicit consent is one field of the window (`Window.personalization_allowed`).
+# A product is (product_id, name, category, brand, price), a context (device, channel, timezone,
+# segment): within a window they repeat, so the stored form writes each distinct one once.
+EVIDENCE_EVENTS = 5
+MESSAGE_ID, TIMESTAMP, EVENT_TYPE, PRODUCT, CONTEXT, QUERY, ORDER = range(7)
+Row = tuple[str | None, float, str, tuple[Any, ...] | None, tuple[Any, ...], str | None, list[str] | None]
+
+# Records are the rows as dicts under short keys, for the readers of a window (evidence,
+# suggestions, crowd, re-encoding); `expand` turns one back into an event.
+_PRODUCT_KEYS = ("p", "pn", "c", "b", "pr")
+_CONTEXT_KEYS = ("d", "ch", "tz", "sg")
+_LONG_KEYS = {
+    "m": "message_id",
+    "e": "event_type",
+    "t": "timestamp",
+    "p": "product_id",
+    "pn": "product_name",
+    "c": "category",
+    "b": "brand",
+    "pr": "price",
+    "qy": "query",
+    "ps": "products",
+    "d": "device",
+    "ch": "channel",
+    "tz": "timezone",
+    "sg": "segment",
 }
-_LONG_KEYS = {short: long for long, short in _SHORT_KEYS.items()}
+_NO_PRODUCT = (None, None, None, None, None)
+
+# The stored form. Windows are rewritten on every update, so their size is changelog traffic, and
+# held for every shopper, so it is the worker's memory (or disk): a full shopper window was 41 KB
+# as JSON lines, most of it the same product names and context strings again and again.
+#   version byte (2) | header length (u32) | hidden-state length (u16) | header | hidden | events
+# The header is JSON; the recurrent state raw float32; the events a zstd-compressed JSON array of
+# columns, each repeated value once in a table (`_pack_events`). The events are unpacked only when
+# read: the expiry sweep and erasure read the header alone, and a known shopper's visit, which
+# keeps only its clock, is stored again without unpacking its (empty) events.
+# Format 1, the JSON header line and one JSON line per event, is still read: its first byte is "[".
+_FORMAT = 2
+_PREFIX = struct.Struct(">BIH")
+# zstd rather than zlib: as small as zlib's level 6 (2.4 KB of events) in a third of the time
+_COMPRESSOR = zstandard.ZstdCompressor(level=5)
+_DECOMPRESSOR = zstandard.ZstdDecompressor()
 
 
-def compact(event: ShopperEvent) -> dict[str, Any]:
-    record = {}
-    for long, short in _SHORT_KEYS.items():
-        value = getattr(event, long)
-        if value is not None and value != ():
-            record[short] = value
+def compact(event: ShopperEvent) -> Row:
+    """The row the window keeps of `event`."""
+    product = (event.product_id, event.product_name, event.category, event.brand, event.price)
+    return (
+        event.message_id,
+        event.timestamp,
+        event.event_type,
+        None if product == _NO_PRODUCT else product,
+        (event.device, event.channel, event.timezone, event.segment),
+        event.query,
+        list(event.products) or None,
+    )
+
+
+def past_evidence(row: Row) -> Row:
+    """What the window keeps of an event once it is older than the evidence: no message id, product
+    name or brand."""
+    product = row[PRODUCT]
+    if product is not None:
+        product_id, _, category, _, price = product
+        product = None if product_id is category is price is None else (product_id, None, category, None, price)
+    return (None, row[TIMESTAMP], row[EVENT_TYPE], product, *row[CONTEXT:])
+
+
+def as_record(row: Row) -> dict[str, Any]:
+    """A row as a dict under short keys, without its empty fields. Spelled out: the crowd reads the
+    window's last records on every event."""
+    message_id, timestamp, event_type, product, context, query, order = row
+    record: dict[str, Any] = {"e": event_type, "t": timestamp}
+    if message_id is not None:
+        record["m"] = message_id
+    if product is not None:
+        product_id, name, category, brand, price = product
+        if product_id is not None:
+            record["p"] = product_id
+        if name is not None:
+            record["pn"] = name
+        if category is not None:
+            record["c"] = category
+        if brand is not None:
+            record["b"] = brand
+        if price is not None:
+            record["pr"] = price
+    if query is not None:
+        record["qy"] = query
+    if order:
+        record["ps"] = order
+    device, channel, timezone, segment = context
+    if device is not None:
+        record["d"] = device
+    if channel is not None:
+        record["ch"] = channel
+    if timezone is not None:
+        record["tz"] = timezone
+    if segment is not None:
+        record["sg"] = segment
     return record
+
+
+def as_records(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    return [as_record(row) for row in rows]
 
 
 def expand(record: dict[str, Any]) -> ShopperEvent:
     """The event as far as the window kept it (enough to encode it again)."""
     fields = {_LONG_KEYS[key]: value for key, value in record.items()}
     fields.setdefault("name", fields["event_type"])
+    fields.setdefault("message_id", "")  # past the evidence
     return ShopperEvent.from_record(fields)
 
 
-@dataclass(slots=True)
-class Window:
-    """One window. Its events are kept as their serialized records (`lines`, oldest first) and
-    parsed only where they are read (`records`, `tail`): each event loads and stores its window,
-    and a known shopper's holds up to 200 events, so parsing them all every time was the
-    stream's largest cost after Faust's own."""
+def _row_from_record(record: dict[str, Any]) -> Row:
+    """A format-1 record (a dict under short keys) as a row."""
+    product = tuple(record.get(key) for key in _PRODUCT_KEYS)
+    return (
+        record["m"],
+        record["t"],
+        record["e"],
+        None if product == _NO_PRODUCT else product,
+        tuple(record.get(key) for key in _CONTEXT_KEYS),
+        record.get("qy"),
+        record.get("ps"),
+    )
 
-    session_id: str | None = None  # the visit this window covers; None for shopper windows
-    lines: list[bytes] = field(default_factory=list)  # orjson of compact records, oldest first
-    hidden: str | None = None  # the model's recurrent state, base64 float32
-    detector: list[Any] = field(default_factory=lambda: [None, None, 0])
-    model_version: str | None = None  # the model that produced `hidden` and `detector`
-    last_event_time: float = 0.0
-    last_seen: float = 0.0  # wall clock of the last update
-    partition: int = 0  # of the input topic: where the window's changelog entries go
-    last_offset: int = -1  # input offset of the last event applied: replays are recognised
-    # a next-basket model's shopper window: decayed counts of the baskets that held each category
-    # (`intent.history.PurchaseHistory`), forgotten with the window
-    purchases: dict[str, Any] | None = None
-    # the shopper's latest explicit personalization choice (None: never stated), which an event that
-    # says nothing about consent inherits: a refusal holds until the shopper says otherwise
-    personalization_allowed: bool | None = None
+
+class Window:
+    """One window: its events as rows (`events`, oldest first), the model's recurrent state after
+    the last one, the detector's state, and the clocks and input position of the last update.
+
+    `events` is a list that updates append to or replace, never cut in place, so a reader may keep
+    the list and a length as the window at one moment (the tracker does, as a change's evidence)."""
+
+    __slots__ = (
+        "_events",
+        "_packed_events",
+        "detector",
+        "hidden",
+        "last_event_time",
+        "last_offset",
+        "last_seen",
+        "model_version",
+        "partition",
+        "personalization_allowed",
+        "purchases",
+        "session_id",
+    )
+
+    def __init__(
+        self,
+        session_id: str | None = None,
+        events: list[Row] | None = None,
+        hidden: bytes | None = None,
+        detector: list[Any] | None = None,
+        model_version: str | None = None,
+        last_event_time: float = 0.0,
+        last_seen: float = 0.0,
+        partition: int = 0,
+        last_offset: int = -1,
+        purchases: dict[str, Any] | None = None,
+        personalization_allowed: bool | None = None,
+    ) -> None:
+        self.session_id = session_id  # the visit this window covers; None for shopper windows
+        self._events = [] if events is None else events
+        self._packed_events: bytes | None = None  # the stored events, until they are read
+        self.hidden = hidden  # the model's recurrent state, float32 bytes
+        self.detector = [None, None, 0] if detector is None else detector
+        self.model_version = model_version  # the model that produced `hidden` and `detector`
+        self.last_event_time = last_event_time
+        self.last_seen = last_seen  # wall clock of the last update
+        self.partition = partition  # of the input topic: where the window's changelog entries go
+        self.last_offset = last_offset  # input offset of the last event applied: replays are recognised
+        # a next-basket model's shopper window: decayed counts of the baskets that held each category
+        # (`intent.history.PurchaseHistory`), forgotten with the window
+        self.purchases = purchases
+        # the shopper's latest explicit personalization choice (None: never stated), which an event
+        # that says nothing about consent inherits: a refusal holds until the shopper says otherwise
+        self.personalization_allowed = personalization_allowed
+
+    @property
+    def events(self) -> list[Row]:
+        if self._packed_events is not None:
+            self._events = _unpack_events(self._packed_events)
+            self._packed_events = None
+        return self._events
+
+    @events.setter
+    def events(self, rows: list[Row]) -> None:
+        self._events, self._packed_events = rows, None
+
+    def _state(self) -> tuple[Any, ...]:
+        return (
+            self.session_id,
+            self.events,
+            self.hidden,
+            self.detector,
+            self.model_version,
+            self.last_event_time,
+            self.last_seen,
+            self.partition,
+            self.last_offset,
+            self.purchases,
+            self.personalization_allowed,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Window) and self._state() == other._state()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Window{self._state()!r}"
 
     def to_bytes(self) -> bytes:
-        """A JSON header line, then one line per event record (orjson never writes a raw newline).
-        The optional fields close the header, written only up to the last one set: a header
-        without them, as stored before they existed, reads them as unset."""
-        optional = [self.purchases, self.personalization_allowed]
-        while optional and optional[-1] is None:
-            optional.pop()
         header = orjson.dumps(
             [
                 self.session_id,
-                self.hidden,
                 self.detector,
                 self.model_version,
                 self.last_event_time,
                 self.last_seen,
                 self.partition,
                 self.last_offset,
-                *optional,
+                self.purchases,
+                self.personalization_allowed,
             ]
         )
-        return b"\n".join([header, *self.lines])
+        hidden = self.hidden or b""
+        packed = self._packed_events if self._packed_events is not None else _pack_events(self._events)
+        return b"".join([_PREFIX.pack(_FORMAT, len(header), len(hidden)), header, hidden, packed])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Window:
-        header, *lines = raw.split(b"\n")
-        session_id, *state = orjson.loads(header)
-        return cls(session_id, lines, *state)
+        if raw[:1] == b"[":
+            return cls._from_format_1(raw)
+        version, header_length, hidden_length = _PREFIX.unpack_from(raw)
+        if version != _FORMAT:
+            raise ValueError(f"a window of format {version}: this version reads formats 1 and {_FORMAT}")
+        start = _PREFIX.size
+        session_id, detector, model_version, *clocks, purchases, consent = orjson.loads(
+            raw[start : start + header_length]
+        )
+        start += header_length
+        window = cls(
+            session_id,
+            None,
+            raw[start : start + hidden_length] or None,
+            detector,
+            model_version,
+            *clocks,
+            purchases=purchases,
+            personalization_allowed=consent,
+        )
+        packed = raw[start + hidden_length :]
+        if packed:
+            window._packed_events = packed
+        return window
 
-    def append(self, record: dict[str, Any]) -> None:
-        self.lines.append(orjson.dumps(record))
+    @classmethod
+    def _from_format_1(cls, raw: bytes) -> Window:
+        """A JSON header line, then one line per event record. The optional fields closed the
+        header, written only up to the last one set: a header without them reads them as unset."""
+        header, *lines = raw.split(b"\n")
+        session_id, hidden, *state = orjson.loads(header)
+        rows = [_row_from_record(record) for record in parse_records(lines)]
+        rows[:-EVIDENCE_EVENTS] = map(past_evidence, rows[:-EVIDENCE_EVENTS])
+        return cls(session_id, rows, None if hidden is None else base64.b64decode(hidden), *state)
+
+    def append(self, row: Row) -> None:
+        events = self.events
+        if len(events) < EVIDENCE_EVENTS:
+            events.append(row)
+        else:  # a new list, not a change in place: see the class docstring
+            older, leaving, newer = events[:-EVIDENCE_EVENTS], events[-EVIDENCE_EVENTS], events[1 - EVIDENCE_EVENTS :]
+            self.events = [*older, past_evidence(leaving), *newer, row]
 
     def records(self) -> list[dict[str, Any]]:
         """Every event record, oldest first."""
-        return parse_records(self.lines)
-
-    def visit_categories(self) -> set[str]:
-        """The categories of the events since the previous `Order Completed` (the last record, if it
-        is one, is the visit's own order): what the basket that just ended held."""
-        categories: set[str] = set()
-        for line in reversed(self.lines[:-1]):
-            record = orjson.loads(line)
-            if record["e"] == "Order Completed":
-                break
-            if "c" in record:
-                categories.add(record["c"])
-        return categories
+        return as_records(self.events)
 
     def tail(self, count: int) -> list[dict[str, Any]]:
         """The last `count` event records, oldest first."""
-        return parse_records(self.lines[-count:]) if count > 0 else []
+        return as_records(self.events[-count:]) if count > 0 else []
+
+    def visit_categories(self) -> set[str]:
+        """The categories of the events since the previous `Order Completed` (the last event, if it
+        is one, is the visit's own order): what the basket that just ended held."""
+        categories: set[str] = set()
+        for row in reversed(self.events[:-1]):
+            if row[EVENT_TYPE] == "Order Completed":
+                break
+            product = row[PRODUCT]
+            if product is not None and product[2] is not None:
+                categories.add(product[2])
+        return categories
+
+    def last_segment(self) -> str | None:
+        """The segment of the newest event that names one."""
+        return next((row[CONTEXT][3] for row in reversed(self.events) if row[CONTEXT][3] is not None), None)
 
     def hidden_state(self) -> np.ndarray | None:
-        if self.hidden is None:
-            return None
-        return np.frombuffer(base64.b64decode(self.hidden), dtype=np.float32)
+        return None if self.hidden is None else np.frombuffer(self.hidden, dtype=np.float32)
 
     def set_hidden_state(self, state: np.ndarray) -> None:
-        self.hidden = base64.b64encode(np.ascontiguousarray(state, dtype=np.float32).tobytes()).decode()
+        self.hidden = np.ascontiguousarray(state, dtype=np.float32).tobytes()
 
     def previous_timestamp(self) -> float | None:
-        return orjson.loads(self.lines[-1])["t"] if self.lines else None
+        events = self.events
+        return events[-1][TIMESTAMP] if events else None
 
     def reset_model_state(self) -> None:
         self.hidden, self.detector, self.model_version = None, [None, None, 0], None
 
 
 def parse_records(lines: list[bytes]) -> list[dict[str, Any]]:
-    """Serialized event records (`Window.lines`) as dicts, in one call: cheaper than one per record."""
+    """Serialized event records (format 1) as dicts, in one call: cheaper than one per record."""
     return orjson.loads(b"[" + b",".join(lines) + b"]")
+
+
+def _pack_events(rows: list[Row]) -> bytes:
+    """Rows as columns (`_unpack_events` reverses it): the event types, products, contexts and
+    queries each as a table of the distinct values and their index per event; timestamps as the
+    differences in milliseconds where that is exact (a timestamp with finer digits keeps them all)."""
+    if not rows:
+        return b""
+    message_ids, timestamps, event_types, products, contexts, queries, orders = zip(*rows, strict=True)
+    times = np.array(timestamps, dtype=np.float64)
+    milliseconds = np.rint(times * 1000)
+    if np.array_equal(milliseconds / 1000, times):
+        time_column: list[Any] = np.diff(milliseconds.astype(np.int64), prepend=0).tolist()
+        in_milliseconds = True
+    else:
+        time_column, in_milliseconds = list(timestamps), False
+    columns = [message_ids, in_milliseconds, time_column, orders]
+    for values in (event_types, products, contexts, queries):
+        table = list(dict.fromkeys(values))  # in order of first use: the same rows pack the same
+        index = {value: number for number, value in enumerate(table)}
+        columns += [table, list(map(index.__getitem__, values))]
+    return _COMPRESSOR.compress(orjson.dumps(columns))
+
+
+def _unpack_events(packed: bytes) -> list[Row]:
+    message_ids, in_milliseconds, time_column, orders, *tables = orjson.loads(_DECOMPRESSOR.decompress(packed))
+    timestamps = (np.cumsum(np.array(time_column, dtype=np.int64)) / 1000).tolist() if in_milliseconds else time_column
+    type_table, types, product_table, products, context_table, contexts, query_table, queries = tables
+    product_table = [None if product is None else tuple(product) for product in product_table]
+    context_table = [tuple(context) for context in context_table]
+    return list(
+        zip(
+            message_ids,
+            timestamps,
+            map(type_table.__getitem__, types),
+            map(product_table.__getitem__, products),
+            map(context_table.__getitem__, contexts),
+            map(query_table.__getitem__, queries),
+            orders,
+            strict=True,
+        )
+    )
 
 
 def session_key(event: ShopperEvent) -> str:
@@ -193,9 +432,9 @@ class WindowPolicy:
 
     def add_to_session(self, window: Window, event: ShopperEvent, now: float) -> None:
         self._append(window, event, now)
-        if len(window.lines) > self.session_events:
+        if len(window.events) > self.session_events:
             # a new list, not a cut in place: the tracker holds the old one as this moment's evidence
-            window.lines = window.lines[-self.session_events :]
+            window.events = window.events[-self.session_events :]
 
     @staticmethod
     def touch_session(window: Window, event: ShopperEvent, now: float) -> None:
@@ -206,14 +445,14 @@ class WindowPolicy:
 
     def add_to_shopper(self, window: Window, event: ShopperEvent, now: float) -> None:
         self._append(window, event, now)
-        lines = window.lines
+        events = window.events
         oldest = event.timestamp - self.shopper_days * 86400
-        keep_from = 0  # the first event within the span: usually the first one, one parse
-        while keep_from < len(lines) and orjson.loads(lines[keep_from])["t"] < oldest:
+        keep_from = 0  # the first event within the span: usually the first one
+        while keep_from < len(events) and events[keep_from][TIMESTAMP] < oldest:
             keep_from += 1
-        drop = max(keep_from, len(lines) - self.shopper_events)
+        drop = max(keep_from, len(events) - self.shopper_events)
         if drop:
-            window.lines = lines[drop:]  # a new list: see add_to_session
+            window.events = events[drop:]  # a new list: see add_to_session
 
     @classmethod
     def _append(cls, window: Window, event: ShopperEvent, now: float) -> None:

@@ -233,7 +233,7 @@ def test_a_session_keeps_only_its_last_events_and_a_shopper_only_the_recent_days
     assert [record["m"] for record in shopper.records()] == [e.message_id for e in known[12:]]
     # the known shopper's visit keeps its clock; its events are in the shopper window only
     visit = Window.from_bytes(tracker.sessions.data["ada|s2"])
-    assert visit.lines == [] and visit.last_event_time == known[-1].timestamp
+    assert visit.events == [] and visit.last_event_time == known[-1].timestamp
 
 
 def test_without_a_session_id_a_long_pause_starts_a_new_session(model: IntentModel) -> None:
@@ -288,7 +288,7 @@ def test_a_new_model_version_re_encodes_the_windows_without_losing_them(
     never_switched = tracker_for(model, shopper_days=365.0)
     run(never_switched, mixed_stream, batch=100)
     reference = Window.from_bytes(never_switched.shoppers.data[shopper_key])
-    assert [r["m"] for r in after.records()] == [r["m"] for r in reference.records()]
+    assert after.records() == reference.records()
     assert np.allclose(after.hidden_state(), reference.hidden_state(), atol=1e-5)
 
 
@@ -298,7 +298,7 @@ def test_events_of_categories_the_model_never_saw_raise_no_intent_change(model: 
     unknown = [event("zoe", start + 60 * i, category="shop-category-4711") for i in range(30)]
     assert run(tracker, unknown, batch=7) == []
     window = Window.from_bytes(tracker.shoppers.data["zoe"])
-    assert len(window.lines) == 30 and window.hidden_state() is not None  # still tracked
+    assert len(window.events) == 30 and window.hidden_state() is not None  # still tracked
 
 
 class TombstoneRecordingStore(DictStore):
@@ -415,7 +415,7 @@ def test_a_lagging_partition_catching_up_loses_nothing(model: IntentModel) -> No
     for shopper in ("cy", "dee"):
         caught_up = Window.from_bytes(tracker.shoppers.data[shopper])
         reference = Window.from_bytes(in_time.shoppers.data[shopper])
-        assert caught_up.lines == reference.lines
+        assert caught_up.events == reference.events
         assert np.allclose(caught_up.hidden_state(), reference.hidden_state(), atol=1e-5)
     assert expected and sorted(c["id"] for c in changes) == sorted(c["id"] for c in expected)
 

@@ -134,7 +134,7 @@ def comparable(raw: bytes) -> dict[str, Any]:
     window = Window.from_bytes(raw)
     return {
         "session_id": window.session_id,
-        "events": [orjson.loads(line) for line in window.lines],
+        "events": window.records(),
         "detector": window.detector,
         "model_version": window.model_version,
         "last_event_time": window.last_event_time,
@@ -201,9 +201,10 @@ async def check_nothing_lost_or_repeated(
     bootstrap = deployment.broker.bootstrap_servers
     sessions = await latest_per_key(bootstrap, f"{deployment.app_id}-session-windows-changelog")
     shoppers = await latest_per_key(bootstrap, f"{deployment.app_id}-shopper-windows-changelog")
-    worker_events = [orjson.loads(line)["m"] for raw in shoppers.values() for line in Window.from_bytes(raw).lines]
+    # a window keeps message ids only for its evidence: an event is its shopper, time and type here
+    worker_events = [(key, r["t"], r["e"]) for key, raw in shoppers.items() for r in Window.from_bytes(raw).records()]
     offline_events = [
-        orjson.loads(line)["m"] for raw in want.shoppers.data.values() for line in Window.from_bytes(raw).lines
+        (key, r["t"], r["e"]) for key, raw in want.shoppers.data.items() for r in Window.from_bytes(raw).records()
     ]
     emitted_changes = await read_until(bootstrap, deployment.changes_topic, lambda _: False, 3)
     emitted_ids = {change["id"] for change in emitted_changes}

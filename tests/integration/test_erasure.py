@@ -123,5 +123,5 @@ async def test_an_erased_shopper_stays_erased_after_a_restart_and_a_new_event_st
     await wait_for_lag_zero(bootstrap, app_id, deployment.events_topic, JOIN_AND_CATCH_UP_SECONDS)
     window = of_story_shopper(await latest_records(bootstrap, f"{app_id}-shopper-windows-changelog"))[STORY_SHOPPER]
     assert window is not None
-    assert [orjson.loads(line)["m"] for line in Window.from_bytes(window).lines] == ["after-the-erasure"]
+    assert [record["m"] for record in Window.from_bytes(window).records()] == ["after-the-erasure"]
     assert await shoppers_of(port) == shoppers_before

@@ -88,7 +88,7 @@ def same_window(served: Window, offline: Window) -> bool:
     served_hidden, offline_hidden = served.hidden_state(), offline.hidden_state()
     return (
         served.session_id == offline.session_id
-        and served.lines == offline.lines
+        and served.events == offline.events
         and served.model_version == offline.model_version
         and served.last_event_time == offline.last_event_time
         and served.purchases == offline.purchases
