@@ -45,7 +45,7 @@ from intent.settings import Settings
 from intent.stream.delivery import DeliveryPath
 from intent.stream.detection import DetectionPath, committed_when_done
 from intent.stream.routes import WorkerRoutes
-from intent.stream.tables import TableStore
+from intent.stream.tables import TableStore, state_table
 from intent.suggest import CROWD_SPAN, CrowdCounts, MerchandisingRules, Suggester
 from intent.tracking import IntentTracker
 from intent.transport import IntentApp
@@ -71,11 +71,11 @@ class IntentWorker:
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
     """Faust settings for this workload: raw bytes everywhere (we parse with orjson ourselves),
-    memory tables rebuilt from their changelogs, and consumer-group timing that lets a worker
-    join quickly."""
+    tables in memory or RocksDB (`INTENT_STATE_STORE`) rebuilt from their changelogs, and
+    consumer-group timing that lets a worker join quickly."""
     return {
         "broker": settings.kafka_url,
-        "store": "memory://",
+        "store": f"{settings.state_store}://",
         "datadir": str(settings.data_dir),
         "web_host": settings.web_host,
         "web_port": settings.web_port,
@@ -127,11 +127,11 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
     changes_topic = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes)
     dead_letter_topic = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
     webhook_dead_letters = app.topic(settings.webhook_dead_letter_topic, key_type=bytes, value_type=bytes)
-    sessions = app.Table("session-windows", key_type=str, value_type=bytes)
-    shoppers = app.Table("shopper-windows", key_type=str, value_type=bytes)
-    pending = app.Table("webhook-deliveries", key_type=str, value_type=bytes)
-    caps = app.Table("delivery-caps", key_type=str, value_type=bytes)
-    latest = app.Table("latest-changes", key_type=str, value_type=bytes)  # for the read API
+    sessions = state_table(app, "session-windows", settings)
+    shoppers = state_table(app, "shopper-windows", settings)
+    pending = state_table(app, "webhook-deliveries", settings)
+    caps = state_table(app, "delivery-caps", settings)
+    latest = state_table(app, "latest-changes", settings)  # for the read API
 
     def owned_partitions() -> set[int]:
         return _assigned_partitions(app, source)
@@ -188,8 +188,8 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
         enrich_change=enrich_change,
         max_windows=settings.max_tracked_shoppers,
     )
-    metrics.ACTIVE_SESSIONS.set_function(lambda: len(sessions.data))
-    metrics.ACTIVE_SHOPPERS.set_function(lambda: len(shoppers.data))
+    metrics.ACTIVE_SESSIONS.set_function(lambda: len(session_store))
+    metrics.ACTIVE_SHOPPERS.set_function(lambda: len(shopper_store))
     stores = [session_store, shopper_store, pending_store, caps_store, latest_store]
 
     async def flush_changelogs() -> None:
@@ -288,8 +288,8 @@ def create_worker(settings: Settings, model: IntentModel | None = None, domain: 
     WorkerRoutes(
         settings.app_id,
         tracker,
-        sessions.data,
-        shoppers.data,
+        session_store,
+        shopper_store,
         owned_partitions,
         broker_ready=lambda: app.producer.started and not app.rebalancing,
         api=SubscriptionsApi(

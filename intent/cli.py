@@ -104,12 +104,14 @@ def command_worker(arguments: argparse.Namespace, settings: Settings) -> None:
     from intent.domain import DomainError, check_servable, load_domain
     from intent.kafka import ensure_topics
     from intent.model import IntentModel, ModelError
+    from intent.stream.tables import StateStoreError, check_state_store
 
     try:  # before the broker: a model and a domain that disagree need no broker to be refused
         model = IntentModel.load(settings.model_dir, settings.inference_threads)
         domain = load_domain(settings.domain_dir)
         check_servable(model, domain)
-    except (ModelError, DomainError) as error:
+        check_state_store(settings)
+    except (ModelError, DomainError, StateStoreError) as error:
         sys.exit(f"intent worker: {error}")
     with broker_for(settings):
         asyncio.run(

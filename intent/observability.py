@@ -44,6 +44,12 @@ MICRO_BATCH_EVENTS = Histogram(
 )
 ACTIVE_SESSIONS = Gauge("intent_active_sessions", "Session windows held by this worker.", registry=REGISTRY)
 ACTIVE_SHOPPERS = Gauge("intent_active_shoppers", "Known-shopper windows held by this worker.", registry=REGISTRY)
+STATE_RECOVERED_RECORDS = Counter(
+    "intent_state_recovered_records",
+    "Changelog records read to rebuild a table's state at a start or rebalance, by table.",
+    ["table"],
+    registry=REGISTRY,
+)
 INTENT_CHANGES = Counter(
     "intent_changes_total", "IntentChanged events emitted, by new intent.", ["intent"], registry=REGISTRY
 )

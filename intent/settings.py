@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,18 @@ class Settings(BaseSettings):
     )
     app_id: str = Field("intent", description="Faust app id: consumer group and topic prefix.")
     data_dir: Path = Field(Path("runs/worker"), description="Faust's local state directory.")
+    state_store: Literal["memory", "rocksdb"] = Field(
+        "memory",
+        description="Where the worker keeps its tables (windows, pending deliveries, caps): `memory`, rebuilt "
+        "from the changelog topics at every start, or `rocksdb`, on disk under `INTENT_DATA_DIR`, where a "
+        "restart reads only the changelog records written since it stopped and memory does not grow with "
+        "the shoppers (`pip install 'intent[rocksdb]'`).",
+    )
+    rocksdb_cache_mb: int = Field(
+        16,
+        description="With `INTENT_STATE_STORE=rocksdb`: RocksDB's block cache per table partition, the "
+        "recently read state it keeps in memory.",
+    )
     web_host: str = Field("127.0.0.1", description="Interface of the worker's web server.")
     web_port: int = Field(6066, description="Port of the worker's web server.")
     web_advertised_url: str | None = Field(
