@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,8 +28,6 @@ log = logging.getLogger(__name__)
 # cache per database, and Faust opens one database per table and partition.
 ROCKSDB_WRITE_BUFFER_BYTES = 4 * 1024**2
 ROCKSDB_WRITE_BUFFERS = 2
-# how long a count of a RocksDB table's keys (/status, the gauges) is reused: counting reads every key
-ROCKSDB_COUNT_SECONDS = 30.0
 
 
 class StateStoreError(Exception):
@@ -193,7 +190,9 @@ class OnDisk:
         self.store: RocksDBStore = table.data
         self.key_serializer = table.key_serializer
         self.unacknowledged: dict[str, _Write] = {}  # the latest write of each key not yet on disk
-        self._count: tuple[float, int] | None = None  # (when, how many keys)
+        # per partition, how many keys its database holds, as of which stored offset: counting reads
+        # every key, so it is kept up to date by `acknowledged` and counted again after a recovery
+        self._counts: dict[int, tuple[int | None, int]] = {}
 
     def get(self, key: str) -> bytes | None:
         write = self.unacknowledged.get(key)
@@ -219,24 +218,33 @@ class OnDisk:
         databases = self.store._dbs
         batches: dict[int, Any] = {}
         offsets: dict[int, int] = {}
+        keys: dict[int, int] = {}
+        exists: dict[bytes, bool] = {}  # whether a key is on disk after the writes batched so far
         for offset, write in writes:
-            database = databases.get(write.partition)  # open while this worker owns the partition
+            partition = write.partition
+            database = databases.get(partition)  # open while this worker owns the partition
             if database is None:
                 continue
-            if write.partition not in batches:
-                stored = database.get(self.store.offset_key)
-                offsets[write.partition] = -1 if stored is None else int(stored)
-                batches[write.partition] = rocksdict.WriteBatch(raw_mode=True)
-            if offset <= offsets[write.partition]:
+            if partition not in batches:
+                offsets[partition] = self._stored_offset(partition)
+                keys[partition] = self._count(partition)
+                batches[partition] = rocksdict.WriteBatch(raw_mode=True)
+            if offset <= offsets[partition]:
                 continue
+            existed = exists.get(write.key_bytes)
+            if existed is None:
+                existed = database.get(write.key_bytes) is not None
             if write.value is None:
-                batches[write.partition].delete(write.key_bytes)
+                batches[partition].delete(write.key_bytes)
             else:
-                batches[write.partition].put(write.key_bytes, write.value)
-            offsets[write.partition] = offset
+                batches[partition].put(write.key_bytes, write.value)
+            exists[write.key_bytes] = write.value is not None
+            keys[partition] += exists[write.key_bytes] - existed
+            offsets[partition] = offset
         for partition, batch in batches.items():
             batch.put(self.store.offset_key, str(offsets[partition]).encode())  # as Faust's set_persisted_offset
             databases[partition].write(batch)
+            self._counts[partition] = (offsets[partition], keys[partition])
         for _, write in writes:
             if self.unacknowledged.get(write.key) is write:  # not written again since
                 del self.unacknowledged[write.key]
@@ -255,8 +263,26 @@ class OnDisk:
                 yield key, write.value
 
     def count(self) -> int:
-        """How many keys the table holds, counted at most every ROCKSDB_COUNT_SECONDS."""
-        now = time.monotonic()
-        if self._count is None or now - self._count[0] > ROCKSDB_COUNT_SECONDS:
-            self._count = (now, sum(1 for _ in self.items()))
-        return self._count[1]
+        """How many keys the table holds, with the writes not yet acknowledged."""
+        on_disk = sum(self._count(partition) for partition in list(self.store._dbs))
+        for write in self.unacknowledged.values():
+            database = self.store._dbs.get(write.partition)
+            stored = database is not None and database.get(write.key_bytes) is not None
+            on_disk += (write.value is not None) - stored
+        return on_disk
+
+    def _count(self, partition: int) -> int:
+        """How many keys the partition's database holds (counted again when another writer, Faust's
+        recovery, has moved its stored offset)."""
+        offset = self._stored_offset(partition)
+        counted = self._counts.get(partition)
+        if counted is None or counted[0] != offset:
+            database = self.store._dbs[partition]
+            # a raw-mode Rdict cannot be iterated itself: its keys() can
+            keys = sum(1 for key in database.keys() if key != self.store.offset_key)  # noqa: SIM118
+            counted = self._counts[partition] = (offset, keys)
+        return counted[1]
+
+    def _stored_offset(self, partition: int) -> int:
+        stored = self.store._dbs[partition].get(self.store.offset_key)
+        return -1 if stored is None else int(stored)

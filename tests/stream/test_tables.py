@@ -110,10 +110,10 @@ async def test_on_rocksdb_a_deletion_reaches_the_disk_once_its_tombstone_is_ackn
     await flush(table, first_offset=0)
     table.store.delete("ada", 0)
     table.store.delete("cy", 3)  # a partition this worker does not own: no tombstone is its to write
-    assert table.store.get("ada") is None and list(table.store.items()) == []
+    assert table.store.get("ada") is None and list(table.store.items()) == [] and len(table.store) == 0
     assert table.on_disk(0, "ada") == b"window-1"
     await flush(table, first_offset=1)
-    assert table.on_disk(0, "ada") is None and table.stored_offset(0) == 1
+    assert table.on_disk(0, "ada") is None and table.stored_offset(0) == 1 and len(table.store) == 0
     assert [partition for partition, _, _ in table.producer.sent] == [0, 0]
 
 
@@ -123,6 +123,8 @@ async def test_on_rocksdb_a_partition_recovered_past_an_acknowledged_write_keeps
     table.store.put("ada", b"older", 0)
     database = table.table.data._dbs[0]
     database.put(b'"ada"', b"newer")
+    database.put(b'"bo"', b"recovered")
     table.table.data.set_persisted_offset(TP(table.table.changelog_topic.get_topic_name(), 0), 12)
     await flush(table, first_offset=5)
     assert (table.on_disk(0, "ada"), table.stored_offset(0)) == (b"newer", 12)
+    assert len(table.store) == 2  # counted again: the recovery wrote keys of its own
