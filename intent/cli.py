@@ -104,7 +104,7 @@ def command_worker(arguments: argparse.Namespace, settings: Settings) -> None:
     from intent.domain import DomainError, check_servable, load_domain
     from intent.kafka import ensure_topics
     from intent.model import IntentModel, ModelError
-    from intent.stream.tables import StateStoreError, check_state_store
+    from intent.stream.tables import StateStoreError, check_state_store, discard_stale_state
 
     try:  # before the broker: a model and a domain that disagree need no broker to be refused
         model = IntentModel.load(settings.model_dir, settings.inference_threads)
@@ -127,6 +127,7 @@ def command_worker(arguments: argparse.Namespace, settings: Settings) -> None:
             )
         )
         worker = create_worker(settings, model, domain)
+        asyncio.run(discard_stale_state(settings, worker.app))
         faust.Worker(
             worker.app,
             loglevel=settings.log_level,

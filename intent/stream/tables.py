@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.serializers import codecs
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import EventT
@@ -39,6 +42,66 @@ def check_state_store(settings: Settings) -> None:
         raise StateStoreError(
             "INTENT_STATE_STORE=rocksdb needs RocksDB's Python bindings: pip install 'intent[rocksdb]' (rocksdict)"
         )
+
+
+async def discard_stale_state(settings: Settings, app: faust.App) -> None:
+    """Remove each table partition on disk whose stored changelog offset is past that changelog's
+    end, as Faust's own check would refuse it: its topics were deleted or emptied since (the embedded
+    broker keeps them in memory only, so they are gone whenever it stops). Its windows would be served
+    for shoppers the broker has never seen, and their input offsets would hide new events as replays;
+    removed, the partition is rebuilt from its changelog. Faust's check asks the broker for the end
+    with ListOffsets, which the embedded broker (Tansu 0.6.0) answers with the last batch's first
+    offset + 1, short of the end; the end is read here from a fetch instead, which it answers right."""
+    if settings.state_store != "rocksdb":
+        return
+    databases = sorted(Path(app.conf.tabledir).glob("*-*.db"))  # Faust's `<table>-<partition>.db`
+    if not databases:
+        return
+    changelogs = {}
+    for path in databases:
+        table, _, partition = path.name.removesuffix(".db").rpartition("-")
+        changelogs[path] = TopicPartition(f"{settings.app_id}-{table}-changelog", int(partition))
+    ends = await _changelog_ends(settings.bootstrap_servers, set(changelogs.values()))
+    for path, changelog in changelogs.items():
+        stored = _stored_offset(path)
+        if stored is not None and stored >= ends[changelog]:
+            log.warning(
+                "%s holds changelog offset %d, past the changelog's end (%d): removed, to be rebuilt from it",
+                path,
+                stored,
+                ends[changelog],
+            )
+            shutil.rmtree(path)
+
+
+def _stored_offset(path: Path) -> int | None:
+    database = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
+    try:
+        stored = database.get(RocksDBStore.offset_key)
+    finally:
+        database.close()
+    return None if stored is None else int(stored)
+
+
+async def _changelog_ends(bootstrap_servers: str, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+    """The offset after the last record of each partition (0 where its topic does not exist), from
+    the high watermark of a fetch. One assignment of them all: aiokafka's consumer, assigned one
+    partition after another, reports a high watermark of 0 for those of a second topic."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        existing = {tp for tp in partitions if tp.partition in (consumer.partitions_for_topic(tp.topic) or ())}
+        ends = dict.fromkeys(partitions - existing, 0)
+        if existing:
+            consumer.assign(list(existing))
+            await consumer.seek_to_beginning(*existing)
+            while [tp for tp in existing if consumer.highwater(tp) is None]:
+                await consumer.getmany(timeout_ms=200, max_records=1)
+            ends.update((tp, consumer.highwater(tp)) for tp in existing)
+        return ends
+    finally:
+        await consumer.stop()
 
 
 def state_table(app: faust.App, name: str, settings: Settings) -> faust.Table:
