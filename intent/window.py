@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 import zstandard
 
-from intent.events import ShopperEvent
+from intent.events import EVENT_TYPES, OTHER_EVENT, ShopperEvent
 
 # A window keeps each event as a row: a tuple of the fields below, the values of the event (not a
 # copy of its JSON), and only what its readers read: the featurization (so a new model version of the
@@ -79,8 +79,12 @@ _NO_PRODUCT = (None, None, None, None, None)
 # Format 1, the JSON header line and one JSON line per event, is still read: its first byte is "[".
 _FORMAT = 2
 _PREFIX = struct.Struct(">BIH")
-# zstd rather than zlib: as small as zlib's level 6 (2.4 KB of events) in a third of the time
-_COMPRESSOR = zstandard.ZstdCompressor(level=5)
+# zstd rather than zlib: at level 1 as small as zlib's level 6 in a tenth of the time; its higher levels
+# save 1-3% at 2-10 times the time (benchmarks/state.py measures a store)
+_COMPRESSOR = zstandard.ZstdCompressor(level=1)
+# format 2 writes an event type as its number here: the list may grow at its end, never change order
+_EVENT_NAMES = dict(enumerate((*EVENT_TYPES, OTHER_EVENT)))
+_EVENT_NUMBERS = {name: number for number, name in _EVENT_NAMES.items()}
 _DECOMPRESSOR = zstandard.ZstdDecompressor()
 
 
@@ -363,9 +367,11 @@ def parse_records(lines: list[bytes]) -> list[dict[str, Any]]:
 
 
 def _pack_events(rows: list[Row]) -> bytes:
-    """Rows as columns (`_unpack_events` reverses it): the event types, products, contexts and
-    queries each as a table of the distinct values and their index per event; timestamps as the
-    differences in milliseconds where that is exact (a timestamp with finer digits keeps them all)."""
+    """Rows as columns (`_unpack_events` reverses it): event types as their number in EVENT_TYPES
+    (another name as itself); products, contexts and queries each as a table of the distinct values
+    and their index per event, a product past the evidence without its empty name and brand;
+    timestamps as the differences in milliseconds where that is exact (a timestamp with finer digits
+    keeps them all)."""
     if not rows:
         return b""
     message_ids, timestamps, event_types, products, contexts, queries, orders = zip(*rows, strict=True)
@@ -376,25 +382,34 @@ def _pack_events(rows: list[Row]) -> bytes:
         in_milliseconds = True
     else:
         time_column, in_milliseconds = list(timestamps), False
-    columns = [message_ids, in_milliseconds, time_column, orders]
-    for values in (event_types, products, contexts, queries):
+    columns = [
+        message_ids,
+        in_milliseconds,
+        time_column,
+        orders,
+        list(map(_EVENT_NUMBERS.get, event_types, event_types)),
+    ]
+    for values in (products, contexts, queries):
         table = list(dict.fromkeys(values))  # in order of first use: the same rows pack the same
         index = {value: number for number, value in enumerate(table)}
         columns += [table, list(map(index.__getitem__, values))]
+    columns[5] = [_without_name_and_brand(product) for product in columns[5]]
     return _COMPRESSOR.compress(orjson.dumps(columns))
 
 
 def _unpack_events(packed: bytes) -> list[Row]:
-    message_ids, in_milliseconds, time_column, orders, *tables = orjson.loads(_DECOMPRESSOR.decompress(packed))
+    message_ids, in_milliseconds, time_column, orders, types, *tables = orjson.loads(_DECOMPRESSOR.decompress(packed))
     timestamps = (np.cumsum(np.array(time_column, dtype=np.int64)) / 1000).tolist() if in_milliseconds else time_column
-    type_table, types, product_table, products, context_table, contexts, query_table, queries = tables
-    product_table = [None if product is None else tuple(product) for product in product_table]
+    product_table, products, context_table, contexts, query_table, queries = tables
+    product_table = [
+        None if p is None else (p[0], None, p[1], None, p[2]) if len(p) == 3 else tuple(p) for p in product_table
+    ]
     context_table = [tuple(context) for context in context_table]
     return list(
         zip(
             message_ids,
             timestamps,
-            map(type_table.__getitem__, types),
+            map(_EVENT_NAMES.get, types, types),
             map(product_table.__getitem__, products),
             map(context_table.__getitem__, contexts),
             map(query_table.__getitem__, queries),
@@ -402,6 +417,13 @@ def _unpack_events(packed: bytes) -> list[Row]:
             strict=True,
         )
     )
+
+
+def _without_name_and_brand(product: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """A product as packed: without its name and brand where both are empty (past the evidence)."""
+    if product is None or product[1] is not None or product[3] is not None:
+        return product
+    return (product[0], product[2], product[4])
 
 
 def session_key(event: ShopperEvent) -> str:
