@@ -93,10 +93,6 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "broker_rebalance_timeout": 30.0,
         "producer_linger": 0.005,
         "table_standby_replicas": 0,
-        # Faust's check of the changelog offsets stored on disk asks the broker for each topic's end,
-        # which the embedded broker answers short of it: `intent.stream.tables.discard_stale_state`
-        # checks them instead, before the worker starts
-        "recovery_consistency_check": False,
         "web_enabled": True,
         **({"canonical_url": settings.web_advertised_url} if settings.web_advertised_url else {}),
     }

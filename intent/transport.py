@@ -40,12 +40,14 @@ from typing import Any
 
 import aiokafka
 import faust
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, TransportT
 from faust.types.web import Web
 from mode.services import WaitArgT, WaitResults
 
+from intent.kafka import end_offsets
 from intent.web import OwnRoutesWeb
 
 
@@ -84,6 +86,17 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if self.should_stop:
             return False
         return await super().commit(offsets)
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        """Where each changelog ends, for Faust's recovery: it reads a table's changelog up to there,
+        and checks the offset a table on disk has stored against it. Faust asks with ListOffsets, which
+        the embedded broker answers short of the end (`intent.kafka.end_offsets`): the recovery then
+        stopped early and left a window's latest records unapplied."""
+        if self.consumer.in_transaction:
+            return await super()._highwaters(partitions)
+        servers = ",".join(faust_aiokafka.server_list(self.transport.url, self.transport.default_port))
+        ends = await end_offsets(servers, [TopicPartition(tp.topic, tp.partition) for tp in partitions])
+        return {tp: ends[TopicPartition(tp.topic, tp.partition)] for tp in partitions}
 
 
 class FastDeliveryConsumer(faust_aiokafka.Consumer):

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from faust.serializers import codecs
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import EventT
 
 from intent import observability as metrics
+from intent.kafka import end_offsets
 from intent.settings import Settings
 
 try:
@@ -49,9 +50,8 @@ async def discard_stale_state(settings: Settings, app: faust.App) -> None:
     end, as Faust's own check would refuse it: its topics were deleted or emptied since (the embedded
     broker keeps them in memory only, so they are gone whenever it stops). Its windows would be served
     for shoppers the broker has never seen, and their input offsets would hide new events as replays;
-    removed, the partition is rebuilt from its changelog. Faust's check asks the broker for the end
-    with ListOffsets, which the embedded broker (Tansu 0.6.0) answers with the last batch's first
-    offset + 1, short of the end; the end is read here from a fetch instead, which it answers right."""
+    removed, the partition is rebuilt from its changelog (Faust's own check, which runs later, would
+    stop the worker and ask for the files to be removed by hand)."""
     if settings.state_store != "rocksdb":
         return
     databases = sorted(Path(app.conf.tabledir).glob("*-*.db"))  # Faust's `<table>-<partition>.db`
@@ -61,7 +61,7 @@ async def discard_stale_state(settings: Settings, app: faust.App) -> None:
     for path in databases:
         table, _, partition = path.name.removesuffix(".db").rpartition("-")
         changelogs[path] = TopicPartition(f"{settings.app_id}-{table}-changelog", int(partition))
-    ends = await _changelog_ends(settings.bootstrap_servers, set(changelogs.values()))
+    ends = await end_offsets(settings.bootstrap_servers, changelogs.values())
     for path, changelog in changelogs.items():
         stored = _stored_offset(path)
         if stored is not None and stored >= ends[changelog]:
@@ -81,27 +81,6 @@ def _stored_offset(path: Path) -> int | None:
     finally:
         database.close()
     return None if stored is None else int(stored)
-
-
-async def _changelog_ends(bootstrap_servers: str, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
-    """The offset after the last record of each partition (0 where its topic does not exist), from
-    the high watermark of a fetch. One assignment of them all: aiokafka's consumer, assigned one
-    partition after another, reports a high watermark of 0 for those of a second topic."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        existing = {tp for tp in partitions if tp.partition in (consumer.partitions_for_topic(tp.topic) or ())}
-        ends = dict.fromkeys(partitions - existing, 0)
-        if existing:
-            consumer.assign(list(existing))
-            await consumer.seek_to_beginning(*existing)
-            while [tp for tp in existing if consumer.highwater(tp) is None]:
-                await consumer.getmany(timeout_ms=200, max_records=1)
-            ends.update((tp, consumer.highwater(tp)) for tp in existing)
-        return ends
-    finally:
-        await consumer.stop()
 
 
 def state_table(app: faust.App, name: str, settings: Settings) -> faust.Table:
