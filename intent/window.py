@@ -35,11 +35,12 @@ from intent.events import EVENT_TYPES, OTHER_EVENT, ShopperEvent
 
 # A window keeps each event as a row: a tuple of the fields below, the values of the event (not a
 # copy of its JSON), and only what its readers read: the featurization (so a new model version of the
-# same feature spec can re-encode the window), suggestions (products bought, prices seen) and
-# IntentChanged, whose evidence shows the last EVIDENCE_EVENTS events with their message ids and
-# product names. So an event keeps its message id, product name and brand only while it is one of
-# those; older ones keep the rest. Ids, locale and consent are left out: the window's key names the
-# shopper, and the latest explicit consent is one field of the window (`Window.personalization_allowed`).
+# same feature spec can re-encode the window), suggestions (products bought, prices seen), the read
+# API's timeline (products with their names) and IntentChanged, whose evidence shows the last
+# EVIDENCE_EVENTS events with their message ids. So an event keeps its message id and brand only
+# while it is one of those; older ones keep the rest. Ids, locale and consent are left out: the
+# window's key names the shopper, and the latest explicit consent is one field of the window
+# (`Window.personalization_allowed`).
 # A product is (product_id, name, category, brand, price), a context (device, channel, timezone,
 # segment): within a window they repeat, so the stored form writes each distinct one once.
 EVIDENCE_EVENTS = 5
@@ -103,12 +104,11 @@ def compact(event: ShopperEvent) -> Row:
 
 
 def past_evidence(row: Row) -> Row:
-    """What the window keeps of an event once it is older than the evidence: no message id, product
-    name or brand."""
+    """What the window keeps of an event once it is older than the evidence: no message id or brand."""
     product = row[PRODUCT]
     if product is not None:
-        product_id, _, category, _, price = product
-        product = None if product_id is category is price is None else (product_id, None, category, None, price)
+        product_id, name, category, _, price = product
+        product = None if product_id is name is category is price is None else (product_id, name, category, None, price)
     return (None, row[TIMESTAMP], row[EVENT_TYPE], product, *row[CONTEXT:])
 
 
@@ -369,7 +369,7 @@ def parse_records(lines: list[bytes]) -> list[dict[str, Any]]:
 def _pack_events(rows: list[Row]) -> bytes:
     """Rows as columns (`_unpack_events` reverses it): event types as their number in EVENT_TYPES
     (another name as itself); products, contexts and queries each as a table of the distinct values
-    and their index per event, a product past the evidence without its empty name and brand;
+    and their index per event, a product past the evidence without its empty brand;
     timestamps as the differences in milliseconds where that is exact (a timestamp with finer digits
     keeps them all)."""
     if not rows:
@@ -393,7 +393,7 @@ def _pack_events(rows: list[Row]) -> bytes:
         table = list(dict.fromkeys(values))  # in order of first use: the same rows pack the same
         index = {value: number for number, value in enumerate(table)}
         columns += [table, list(map(index.__getitem__, values))]
-    columns[5] = [_without_name_and_brand(product) for product in columns[5]]
+    columns[5] = [_without_brand(product) for product in columns[5]]
     return _COMPRESSOR.compress(orjson.dumps(columns))
 
 
@@ -402,7 +402,7 @@ def _unpack_events(packed: bytes) -> list[Row]:
     timestamps = (np.cumsum(np.array(time_column, dtype=np.int64)) / 1000).tolist() if in_milliseconds else time_column
     product_table, products, context_table, contexts, query_table, queries = tables
     product_table = [
-        None if p is None else (p[0], None, p[1], None, p[2]) if len(p) == 3 else tuple(p) for p in product_table
+        None if p is None else (p[0], p[1], p[2], None, p[3]) if len(p) == 4 else tuple(p) for p in product_table
     ]
     context_table = [tuple(context) for context in context_table]
     return list(
@@ -419,11 +419,11 @@ def _unpack_events(packed: bytes) -> list[Row]:
     )
 
 
-def _without_name_and_brand(product: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
-    """A product as packed: without its name and brand where both are empty (past the evidence)."""
-    if product is None or product[1] is not None or product[3] is not None:
+def _without_brand(product: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """A product as packed: without its brand where it is empty (past the evidence)."""
+    if product is None or product[3] is not None:
         return product
-    return (product[0], product[2], product[4])
+    return (product[0], product[1], product[2], product[4])
 
 
 def session_key(event: ShopperEvent) -> str:

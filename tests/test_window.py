@@ -94,8 +94,8 @@ def test_a_window_written_by_the_previous_version_is_read_with_every_event_and_i
     searched = [{"m": f"q{n}", "e": "Products Searched", "t": NOW + 61 + n, "qy": "tea"} for n in range(4)]
     lines = [orjson.dumps(record) for record in [viewed, ordered, *searched]]
     old = Window.from_bytes(b"\n".join([header, *lines]))
-    # as the current version keeps them: message ids, names and brands only for the evidence
-    past_evidence = {key: value for key, value in viewed.items() if key not in ("m", "pn", "b")}
+    # as the current version keeps them: message ids and brands only for the evidence
+    past_evidence = {key: value for key, value in viewed.items() if key not in ("m", "b")}
     assert old.records() == [past_evidence, ordered, *searched]
     assert np.array_equal(old.hidden_state(), state)
     assert (old.session_id, old.detector, old.model_version) == ("s1", [3, 2, 1, 0.5], "v1")
@@ -148,14 +148,15 @@ def viewed_tea(number: int) -> ShopperEvent:
     return event(number, NOW + number, product_id=f"P{number}", product_name=f"Tea {number}", brand="Kin", price=2.0)
 
 
-def test_an_event_keeps_its_message_id_name_and_brand_only_while_it_is_evidence() -> None:
+def test_an_event_keeps_its_message_id_and_brand_only_while_it_is_evidence() -> None:
     window = Window()
     for number in range(EVIDENCE_EVENTS + 2):
         window.append(compact(viewed_tea(number)))
     records = window.records()
     assert [record.get("m") for record in records] == [None, None, *(f"m{n}" for n in range(2, EVIDENCE_EVENTS + 2))]
-    assert records[0] == {"e": "Product Viewed", "t": NOW, "p": "P0", "pr": 2.0}  # what the model and suggestions read
-    assert (records[2]["pn"], records[2]["b"]) == ("Tea 2", "Kin")
+    # what the model, suggestions and the read API's timeline read
+    assert records[0] == {"e": "Product Viewed", "t": NOW, "p": "P0", "pn": "Tea 0", "pr": 2.0}
+    assert records[2]["b"] == "Kin"
 
 
 def test_the_events_a_reader_holds_do_not_change_when_the_window_takes_more() -> None:
